@@ -41,12 +41,15 @@ from lmdata.minhash import (
     band_keys,
     estimated_jaccard,
     make_permutations,
-    shingle_hashes,
+    shingle_sets,
     text_signatures,
 )
 from lmdata.stage import StepResult, split_by_decisions
 
 REASONS = ("exact_dup", "near_dup", "eval_overlap")
+KEY_SCHEMA = {"shard": pl.Utf8, "id": pl.Utf8, "split": pl.Utf8, "length": pl.Int64, "exact_key": pl.UInt64,
+              "n_shingles": pl.Int64}
+INDEX_SCHEMA = {**KEY_SCHEMA, "part": pl.Int32, "part_row": pl.Int64}
 
 
 @dataclass
@@ -123,8 +126,8 @@ def normalize_for_exact(texts: pl.Series, cfg: NormalizeConfig) -> pl.Series:
         texts = texts.str.to_lowercase()
     if cfg.strip_punctuation:
         texts = texts.str.replace_all(r"\p{P}", "")
-    if cfg.collapse_whitespace:
-        texts = texts.str.replace_all(r"\s+", " ").str.strip_chars()
+    if cfg.collapse_whitespace:  # = replace_all(r"\s+", " "), 3x faster: single spaces are no match
+        texts = texts.str.replace_all(r"\s{2,}|[^\S ]", " ").str.strip_chars()
     return texts
 
 
@@ -142,7 +145,7 @@ def minhash_text(texts: pl.Series, cfg: MinHashConfig) -> pl.Series:
     if cfg.strip_punctuation:
         texts = texts.str.replace_all(r"\p{P}+", " ")
     if cfg.shingle == "char":  # word shingles ignore spacing anyway; character ones should too
-        texts = texts.str.replace_all(r"\s+", " ").str.strip_chars()
+        texts = texts.str.replace_all(r"\s{2,}|[^\S ]", " ").str.strip_chars()
     return texts
 
 
@@ -219,7 +222,7 @@ def build_index(shards: Sequence[tuple[pl.DataFrame, np.ndarray]], config: Dedup
                                         pl.int_range(len(keys), dtype=pl.Int64).alias("part_row")))
         bands.append(band_keys(sig, mh.bands, mh.rows))
         parts.append(sig)
-    docs = pl.concat(frames) if frames else pl.DataFrame()
+    docs = pl.concat(frames) if frames else pl.DataFrame(schema=INDEX_SCHEMA)
     if len(docs) and docs["id"].is_duplicated().any():
         dup = docs.filter(pl.col("id").is_duplicated()).sort("id").head(4).select("shard", "id").rows()
         raise ValueError(f"document ids are not unique across shards, e.g. (shard, id) {dup}")
@@ -291,9 +294,7 @@ def verify_pairs(pairs: pl.DataFrame, docs: pl.DataFrame, fields: Sequence[str],
 
     `docs` holds `id` and the pass's fields for (at least) every id in `texts_needed(pairs)`."""
     mh = config.minhash
-    ids = docs["id"].to_list()
-    hashes, offsets = shingle_hashes(minhash_text(record_text(docs, fields), mh).to_list(), mh.ngram, mh.shingle)
-    sets = {i: np.unique(hashes[offsets[k]:offsets[k + 1]]) for k, i in enumerate(ids)}
+    sets = dict(zip(docs["id"].to_list(), shingle_sets(minhash_text(record_text(docs, fields), mh).to_list(), mh)))
     lsh = pairs.filter(pl.col("kind") == "lsh")
     missing = (set(lsh["id_a"]) | set(lsh["id_b"])) - sets.keys()
     if missing:
@@ -312,6 +313,11 @@ def verify_pairs(pairs: pl.DataFrame, docs: pl.DataFrame, fields: Sequence[str],
 def decide(index: SignatureIndex, pairs: pl.DataFrame, config: DedupConfig) -> tuple[pl.DataFrame, dict]:
     """Clusters from the pairs, one keeper each; the DECISIONS table (sorted by id) and explain-stats."""
     n = len(index.docs)
+    if n == 0:
+        empty = pl.DataFrame(schema={"id": pl.Utf8, "reason": pl.Utf8, "reason_detail": pl.Utf8,
+                                     "reason_value": pl.Float64})
+        return empty, {"docs": 0, "rows_rejected": 0, "rejected_by_reason": dict.fromkeys(REASONS, 0),
+                       "candidate_pairs": {}, "clusters": 0, "cluster_size_histogram": {}, "largest_clusters": []}
     a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
     _, label = connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)), directed=False)
     docs = index.docs.select("id", "split", "length", "exact_key").with_columns(

@@ -291,16 +291,32 @@ def text_signatures(texts: Sequence[str], config: MinHashConfig, permutations: n
         permutations = make_permutations(config.num_perm, config.seed, config.scheme)
     sig = np.empty((len(texts), config.num_perm), dtype=SCHEMES[config.scheme])
     counts = np.empty(len(texts), dtype=np.int64)
-    ends = np.cumsum(np.fromiter((len(t) + 1 for t in texts), dtype=np.int64, count=len(texts)))
-    start = 0
-    while start < len(texts):
-        stop = max(int(np.searchsorted(ends, (ends[start - 1] if start else 0) + config.batch_chars, "right")),
-                   start + 1)
+    for start, stop in batches(texts, config.batch_chars):
         hashes, offsets = shingle_hashes(texts[start:stop], config.ngram, config.shingle)
         sig[start:stop] = minhash_signatures(hashes, offsets, permutations, config.scheme, config.chunk_size)
         counts[start:stop] = np.diff(offsets)
-        start = stop
     return sig, counts
+
+
+def batches(texts: Sequence[str], batch_chars: int) -> list[tuple[int, int]]:
+    """(start, stop) ranges of consecutive texts holding about `batch_chars` characters each."""
+    ends = np.cumsum(np.fromiter((len(t) + 1 for t in texts), dtype=np.int64, count=len(texts)))
+    out, start = [], 0
+    while start < len(texts):
+        limit = (ends[start - 1] if start else 0) + batch_chars
+        stop = max(int(np.searchsorted(ends, limit, "right")), start + 1)
+        out.append((start, stop))
+        start = stop
+    return out
+
+
+def shingle_sets(texts: Sequence[str], config: MinHashConfig) -> list[np.ndarray]:
+    """Each text's distinct shingle hashes, sorted: the sets whose true Jaccard verification compares."""
+    out = []
+    for start, stop in batches(texts, config.batch_chars):
+        hashes, offsets = shingle_hashes(texts[start:stop], config.ngram, config.shingle)
+        out.extend(np.unique(hashes[offsets[k]:offsets[k + 1]]) for k in range(stop - start))
+    return out
 
 
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:

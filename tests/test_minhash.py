@@ -19,6 +19,7 @@ from lmdata.minhash import (
     reference_shingle_hash,
     reference_shingles,
     shingle_hashes,
+    shingle_sets,
     text_signatures,
     to_datasketch,
     to_lean,
@@ -55,6 +56,12 @@ def test_short_and_empty_texts():
     hashes, offsets = shingle_hashes(["", "a b", "a b c d e f"], 5)
     assert np.diff(offsets).tolist() == [0, 1, 2]
     assert hashes[0] == reference_shingle_hash("a b")
+
+
+def test_shingle_sets_are_distinct_sorted_hashes():
+    text = "a b c d e f a b c d e f"
+    (got,) = shingle_sets([text], MinHashConfig(batch_chars=4))
+    assert got.tolist() == sorted({reference_shingle_hash(s) for s in reference_shingles(text)})
 
 
 def test_permutations_equal_datasketch_draws():
