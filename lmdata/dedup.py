@@ -364,6 +364,21 @@ def explain(members: pl.DataFrame, decisions: pl.DataFrame, pairs: pl.DataFrame,
     }
 
 
+def members_needed(stats: dict, index: SignatureIndex) -> dict[str, list[str]]:
+    """shard -> ids of the largest clusters' members, for the caller to fetch snippets of."""
+    ids = sorted({m for c in stats["largest_clusters"] for m in c["members"]})
+    found = index.docs.filter(pl.col("id").is_in(ids)).select("shard", "id").sort("shard", "id")
+    return {s: g["id"].to_list() for (s,), g in found.group_by("shard", maintain_order=True)}
+
+
+def with_snippets(stats: dict, docs: pl.DataFrame, fields: Sequence[str], width: int = 120) -> dict:
+    """A copy of `stats` whose largest clusters list {id, snippet} per member (`docs`: id + fields)."""
+    text = dict(zip(docs["id"].to_list(), record_text(docs, fields).to_list()))
+    clusters = [{**c, "members": [{"id": m, "snippet": " ".join(text.get(m, "").split())[:width]}
+                                  for m in c["members"]]} for c in stats["largest_clusters"]]
+    return {**stats, "largest_clusters": clusters}
+
+
 def find_duplicates(index: SignatureIndex, fields: Sequence[str], config: DedupConfig,
                     fetch: Callable[[dict[str, list[str]]], pl.DataFrame] | None = None
                     ) -> tuple[pl.DataFrame, dict]:

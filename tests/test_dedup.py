@@ -15,8 +15,10 @@ from lmdata.dedup import (
     dedup_frame,
     find_duplicates,
     load_index,
+    members_needed,
     shard_signatures,
     sign_shard,
+    with_snippets,
 )
 from lmdata.minhash import to_lean
 
@@ -217,6 +219,18 @@ def test_explain_lists_largest_clusters_keeper_first():
     assert stats["cluster_size_histogram"] == {"4": len(groups)}
     for cluster in stats["largest_clusters"]:
         assert cluster["members"][0] == cluster["kept"] and len(cluster["members"]) == cluster["size"]
+
+
+def test_snippets_of_largest_cluster_members_come_from_their_shards():
+    df, groups = planted()
+    config = DedupConfig()
+    index = build_index([shard_signatures(df, ["text"], config, shard="only.parquet")], config)
+    _, stats = find_duplicates(index, ["text"], config)
+    needed = members_needed(stats, index)
+    assert list(needed) == ["only.parquet"] and len(needed["only.parquet"]) == 4 * len(groups)
+    shown = with_snippets(stats, df.filter(pl.col("id").is_in(needed["only.parquet"])), ["text"], width=40)
+    first = shown["largest_clusters"][0]["members"][0]
+    assert first["id"] == stats["largest_clusters"][0]["kept"] and 0 < len(first["snippet"]) <= 40
 
 
 def test_bad_input_fails_loudly():
