@@ -1,0 +1,20 @@
+"""Tokenizers built here: byte-level BPE (served by tiktoken), character-level, the chat template
+and token shards. See bpe.py, core.py, char.py, chat.py, tokens.py."""
+
+from lmtrain.tokenizer.bpe import DEFAULT_VOCAB_SIZE, GPT2_VOCAB_SIZE, count_chunks, learn_merges, train_bpe
+from lmtrain.tokenizer.char import CharTokenizer, train_char
+from lmtrain.tokenizer.chat import DEFAULT_SPECIALS, EOT, parse, render
+from lmtrain.tokenizer.core import DEFAULT_PATTERN, Tokenizer
+from lmtrain.tokenizer.tokens import read_token_shard, write_token_shard
+
+
+def load_tokenizer(folder) -> Tokenizer | CharTokenizer:
+    """Load a tokenizer saved by either kind's `save` (same as `Tokenizer.load`)."""
+    return Tokenizer.load(folder)
+
+
+__all__ = [
+    "DEFAULT_PATTERN", "DEFAULT_SPECIALS", "DEFAULT_VOCAB_SIZE", "EOT", "GPT2_VOCAB_SIZE", "CharTokenizer",
+    "Tokenizer", "count_chunks", "learn_merges", "load_tokenizer", "parse", "read_token_shard", "render",
+    "train_bpe", "train_char", "write_token_shard",
+]
