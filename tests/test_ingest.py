@@ -1,0 +1,227 @@
+"""Readers and ingest: formats, bad input quarantined with file/line/field, config errors before
+work, the evaluation split, and conservation on the real sample."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import polars as pl
+import pytest
+import zstandard
+
+from lmdata.ingest import IngestConfig, ingest_source, is_eval
+from lmdata.readers import ConfigError
+from lmdata.samples import parse_po
+from lmdata.shards import list_shards
+
+
+def params_for(dataset: str, sources: list[dict], **ingest) -> dict:
+    return {"data": {"shard_max_mb": 1.0}, "ingest": {**ingest, dataset: {"sources": sources}}}
+
+
+def run(tmp_path, dataset: str, sources: list[dict], **ingest) -> tuple[dict, pl.DataFrame, pl.DataFrame]:
+    cfg = IngestConfig.from_params(params_for(dataset, sources, **ingest), dataset)
+    out = tmp_path / "out"
+    stats = [ingest_source(s, dataset, cfg, out) for s in cfg.sources]
+    kept = pl.concat([pl.read_parquet(p) for p in list_shards(out)], how="diagonal")
+    rejected = pl.concat([pl.read_parquet(p) for p in sorted((out / "rejected").glob("*.parquet"))],
+                         how="diagonal")
+    total = {k: sum(s[k] for s in stats) for k in ("rows_in", "rows_kept", "rows_rejected")}
+    assert total["rows_in"] == total["rows_kept"] + total["rows_rejected"] == kept.height + rejected.height
+    return total, kept, rejected
+
+
+def write_jsonl(path, lines: list[str]) -> None:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_jsonl_bad_rows_are_quarantined_with_file_line_and_field(tmp_path):
+    src = tmp_path / "docs.jsonl"
+    write_jsonl(src, [
+        json.dumps({"text": "A good document."}),
+        '{"text": "unterminated',
+        json.dumps({"body": "no text field"}),
+        json.dumps({"text": 42}),
+        json.dumps({"text": "   \n "}),
+        json.dumps(["not", "an", "object"]),
+    ])
+    total, kept, rej = run(tmp_path, "corpus", [{"type": "jsonl", "source": "web", "path": str(src)}])
+    assert total == {"rows_in": 6, "rows_kept": 1, "rows_rejected": 5}
+    by_line = {r["locator"]: r for r in rej.iter_rows(named=True)}
+    assert by_line["docs.jsonl:2"]["reason"] == "malformed_json"
+    assert "docs.jsonl:2" in by_line["docs.jsonl:2"]["reason_detail"]
+    assert by_line["docs.jsonl:3"]["reason"] == "missing_field"
+    assert "'text'" in by_line["docs.jsonl:3"]["reason_detail"]
+    assert by_line["docs.jsonl:4"]["reason"] == "wrong_type" and "int" in by_line["docs.jsonl:4"]["reason_detail"]
+    assert by_line["docs.jsonl:5"]["reason"] == "empty"
+    assert by_line["docs.jsonl:6"]["reason"] == "malformed_json"
+    assert by_line["docs.jsonl:2"]["text"] == '{"text": "unterminated'  # nothing is lost
+
+
+def test_compressed_jsonl_is_read(tmp_path):
+    lines = [json.dumps({"text": f"document number {i}"}) for i in range(3)]
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    (tmp_path / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode()))
+    total, kept, _ = run(tmp_path, "corpus", [{"type": "jsonl", "source": "web", "path": str(tmp_path)}])
+    assert total["rows_kept"] == 6
+    assert kept["id"].n_unique() == 6 and kept["content_hash"].n_unique() == 3
+
+
+def test_huge_document_is_quarantined_whole(tmp_path):
+    big = "word " * 10_000_000  # 50 MB
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "big.txt").write_text(big)
+    (tmp_path / "docs" / "small.txt").write_text("A small document.")
+    total, kept, rej = run(tmp_path, "corpus", [{"type": "text", "source": "files", "path": str(tmp_path / "docs")}])
+    assert total["rows_rejected"] == 1
+    row = rej.row(0, named=True)
+    assert row["reason"] == "too_large" and row["reason_value"] == 50_000_000
+    assert len(row["text"]) == 50_000_000 and kept["locator"].to_list() == ["small.txt"]
+
+
+def test_non_utf8_file_repaired_or_rejected(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "latin1.txt").write_bytes("caf\u00e9 cr\u00e8me".encode("latin-1"))
+    spec = [{"type": "text", "source": "files", "path": str(tmp_path / "docs")}]
+    _, kept, _ = run(tmp_path / "a", "corpus", spec)
+    assert kept["text"][0] == "caf\ufffd cr\ufffdme"
+    assert json.loads(kept["meta"][0])["repaired_bytes"] == 2
+    total, _, rej = run(tmp_path / "b", "corpus", spec, invalid_utf8="reject")
+    assert total["rows_rejected"] == 1 and rej["reason"][0] == "invalid_utf8"
+    assert "latin1.txt" in rej["reason_detail"][0] and "byte 3" in rej["reason_detail"][0]
+
+
+def test_parquet_rows_read_and_nulls_quarantined(tmp_path):
+    pl.DataFrame({"content": ["first doc", None, "third doc"]}).write_parquet(tmp_path / "d.parquet")
+    total, kept, rej = run(tmp_path, "corpus", [{"type": "parquet", "source": "pq", "path": str(tmp_path / "d.parquet"),
+                                                 "fields": {"text": "content"}}])
+    assert total == {"rows_in": 3, "rows_kept": 2, "rows_rejected": 1}
+    assert rej["locator"][0] == "d.parquet#2" and rej["reason"][0] == "missing_field"
+
+
+@pytest.mark.parametrize("frame, match", [
+    (pl.DataFrame({"body": ["x"]}), "missing column 'text'"),
+    (pl.DataFrame({"text": [1, 2]}), "column 'text' has type Int64"),
+])
+def test_parquet_missing_or_wrong_typed_column_fails_before_work(tmp_path, frame, match):
+    frame.write_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ConfigError, match=rf"bad\.parquet.*{match}|{match}"):
+        IngestConfig.from_params(params_for("corpus", [{"type": "parquet", "source": "pq",
+                                                         "path": str(tmp_path / "bad.parquet")}]), "corpus")
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"type": "csv", "source": "x", "path": "."}, "unknown source type 'csv'"),
+    ({"type": "text", "source": "x", "path": "/no/such/folder"}, "path does not exist: /no/such/folder"),
+    ({"type": "pydoc_topics", "source": "x", "path": "."}, "cannot feed the 'comparisons'"),
+    ({"type": "text", "source": "Bad Name", "path": "."}, "source name"),
+])
+def test_bad_source_config_fails_before_any_work(spec, match):
+    with pytest.raises(ConfigError, match=match):
+        IngestConfig.from_params(params_for("comparisons" if spec["type"] == "pydoc_topics" else "corpus", [spec]),
+                                 "comparisons" if spec["type"] == "pydoc_topics" else "corpus")
+
+
+def test_unknown_ingest_setting_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="eval_fractoin"):
+        IngestConfig.from_params(params_for("corpus", [{"type": "text", "source": "x", "path": str(tmp_path)}],
+                                            eval_fractoin=0.2), "corpus")
+
+
+def test_instruction_formats_prompt_response_and_messages(tmp_path):
+    src = tmp_path / "inst.jsonl"
+    write_jsonl(src, [
+        json.dumps({"prompt": "Say hi.", "response": "Hi!"}),
+        json.dumps({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name?"},
+                                 {"role": "assistant", "content": "lmforge."}]}),
+        json.dumps({"messages": [{"role": "user", "content": "No answer"}]}),
+        json.dumps({"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}),
+    ])
+    total, kept, rej = run(tmp_path, "instructions", [{"type": "jsonl", "source": "chat", "path": str(src)}])
+    assert total["rows_kept"] == 2
+    assert kept["prompt"].to_list() == ["Say hi.", "Name?"] and kept["response"].to_list() == ["Hi!", "lmforge."]
+    assert json.loads(kept["messages"][1])[0] == {"role": "system", "content": "Be brief."}
+    assert sorted(rej["reason"].to_list()) == ["missing_field", "wrong_type"]
+
+
+def test_comparison_missing_chosen_is_quarantined(tmp_path):
+    src = tmp_path / "pairs.jsonl"
+    write_jsonl(src, [json.dumps({"prompt": "p", "chosen": "good", "rejected": "bad"}),
+                      json.dumps({"prompt": "p", "rejected": "bad"})])
+    total, kept, rej = run(tmp_path, "comparisons", [{"type": "jsonl", "source": "hh", "path": str(src)}])
+    assert total["rows_kept"] == 1 and rej["reason"][0] == "missing_field"
+    assert "'chosen'" in rej["reason_detail"][0] and "pairs.jsonl:2" in rej["reason_detail"][0]
+
+
+def test_split_is_stable_and_by_group():
+    groups = [f"g{i}" for i in range(2000)]
+    first = [is_eval(g, 0.1, "salt") for g in groups]
+    assert first == [is_eval(g, 0.1, "salt") for g in groups]
+    assert 0.07 < sum(first) / len(groups) < 0.13
+    assert is_eval("anything", 0.0, "salt", frozenset({"anything"}))
+
+
+def test_parse_po_handles_plurals_multiline_and_escapes():
+    po = '''msgid ""
+msgstr "Content-Type: text/plain\\n"
+
+msgid "Hello"
+msgstr "Bonjour"
+
+msgid "one file"
+msgid_plural "%d files"
+msgstr[0] "un fichier"
+msgstr[1] "%d fichiers"
+
+msgid "long"
+msgstr ""
+"deux "
+"lignes \\"citees\\""
+'''
+    assert parse_po(po) == [("Hello", "Bonjour"), ("one file", "un fichier"), ("one file", "%d fichiers"),
+                            ("long", 'deux lignes "citees"')]
+
+
+def _sample_params(raw, dataset):
+    sources = {
+        "corpus": [{"type": "shakespeare", "source": "shakespeare", "path": str(raw / "shakespeare")},
+                   {"type": "django_po", "source": "django", "path": str(raw / "django"), "eval_fraction": 0.0},
+                   {"type": "pydoc_topics", "source": "pydoc", "path": str(raw / "pydoc_topics.jsonl")}],
+        "instructions": [{"type": "pydoc_instructions", "source": "pydoc_instructions",
+                          "path": str(raw / "pydoc_topics.jsonl")}],
+        "comparisons": [{"type": "pydoc_comparisons", "source": "pydoc_comparisons",
+                         "path": str(raw / "pydoc_topics.jsonl")}],
+    }[dataset]
+    return sources
+
+
+def test_real_sample_corpus_conservation_and_metadata(tmp_path, raw_sample):
+    total, kept, rej = run(tmp_path, "corpus", _sample_params(raw_sample, "corpus"), eval_salt="lmforge-eval-v3")
+    assert total["rows_rejected"] == 0 and total["rows_kept"] > 250
+    assert set(kept["source"]) == {"shakespeare", "milton", "britannica", "django", "pydoc"}
+    plays = kept.filter(pl.col("source") == "shakespeare")
+    work_splits: dict[str, set] = {}
+    for m, split in zip(plays["meta"], plays["split"]):
+        work_splits.setdefault(json.loads(m)["work"], set()).add(split)
+    assert max(map(len, work_splits.values())) == 1  # both editions of a play on one side
+    assert sum(1 for s in work_splits.values() if len(s) == 1) < len(plays)  # there are two-edition works
+    assert plays.filter(pl.col("split") == "eval").height >= 2
+    assert kept.filter(pl.col("source") == "milton")["content_hash"].n_unique() < \
+        kept.filter(pl.col("source") == "milton").height  # byte-identical pairs survive ingest
+    django = kept.filter(pl.col("source") == "django")
+    locales = {json.loads(m)["locale"] for m in django["meta"]}
+    assert "fr" in locales and "en" not in locales and (django["split"] == "train").all()
+    assert not kept["text"].str.contains("\r").any() and not kept["text"].str.starts_with("\ufeff").any()
+
+
+def test_real_sample_derived_instructions_and_comparisons(tmp_path, raw_sample):
+    _, inst, _ = run(tmp_path / "i", "instructions", _sample_params(raw_sample, "instructions"))
+    _, comp, _ = run(tmp_path / "c", "comparisons", _sample_params(raw_sample, "comparisons"))
+    assert inst.height == comp.height == 79
+    assert all(json.loads(m)["derived"] for m in comp["meta"])
+    assert (comp["chosen"] != comp["rejected"]).all()
+    ratio = comp.select((pl.col("chosen").str.len_chars() / pl.col("rejected").str.len_chars()).median()).item()
+    assert 0.8 < ratio < 1.25  # length alone cannot tell chosen from rejected
+    # the same topic lands on the same side in every dataset
+    assert dict(zip(inst["group"], inst["split"])) == dict(zip(comp["group"], comp["split"]))
