@@ -1,0 +1,99 @@
+"""GPT and baselines: parameter counts, causality, KV cache equivalence, sampling filters."""
+
+import pytest
+import torch
+
+from lmtrain.model import GPT, GPT_CONFIGS, GPTConfig, build_model, sample_next_token
+
+# HF transformers' GPT2LMHeadModel sizes (tied embeddings, 50257 tokens, 1024 positions)
+KNOWN_GPT2_PARAMS = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080,
+                     "gpt2-xl": 1_557_611_200}
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_GPT2_PARAMS))
+def test_gpt2_parameter_counts_match_known_sizes(name):
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        model = GPT(GPTConfig(**GPT_CONFIGS[name]))
+    assert model.num_params() == KNOWN_GPT2_PARAMS[name]
+
+
+def small_gpt(**kw) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=16, **kw)).eval()
+
+
+def test_gpt_is_causal():
+    model = small_gpt()
+    x = torch.randint(50, (1, 12))
+    y = x.clone()
+    y[0, 8:] = (y[0, 8:] + 1) % 50  # change the future only
+    a, _ = model(x)
+    b, _ = model(y)
+    torch.testing.assert_close(a[0, :8], b[0, :8])
+    assert not torch.allclose(a[0, 8:], b[0, 8:])
+
+
+def test_kv_cache_matches_full_forward_prefill_then_steps():
+    model = small_gpt()
+    x = torch.randint(50, (2, 20))
+    full, _ = model(x)
+    cache = model.new_kv_cache(2)
+    pre, _ = model(x[:, :7], kv_cache=cache)
+    chunk, _ = model(x[:, 7:10], kv_cache=cache)  # several new tokens at once
+    steps = [model(x[:, t:t + 1], kv_cache=cache)[0] for t in range(10, 20)]
+    torch.testing.assert_close(torch.cat([pre, chunk, *steps], dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.pos == 20
+
+
+def test_cached_and_recomputed_generation_agree():
+    model = small_gpt()
+    prompt = torch.randint(50, (1, 5))
+    a = model.generate(prompt, 20, temperature=0, use_cache=True)
+    b = model.generate(prompt, 20, temperature=0, use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_generation_longer_than_block_falls_back_to_cropping():
+    model = small_gpt()
+    out = model.generate(torch.zeros(1, 30, dtype=torch.long), 10, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 40)
+
+
+def test_top_k_and_top_p_only_sample_allowed_tokens():
+    logits = torch.tensor([[5.0, 4.0, 1.0, 0.0, -1.0]])
+    g = torch.Generator().manual_seed(0)
+    top_k = {int(sample_next_token(logits, 1.0, top_k=2, generator=g)) for _ in range(200)}
+    assert top_k == {0, 1}
+    # softmax mass: 0.72, 0.26, ... -> top_p 0.5 keeps only token 0
+    top_p = {int(sample_next_token(logits, 1.0, top_p=0.5, generator=g)) for _ in range(50)}
+    assert top_p == {0}
+
+
+def test_residual_projection_init_is_scaled():
+    model = GPT(GPTConfig(block_size=16, vocab_size=100, n_layer=8, n_head=4, n_embd=256))
+    std = model.transformer.h[0].attn.c_proj.weight.std().item()
+    assert abs(std - 0.02 / (2 * 8) ** 0.5) < 0.001
+
+
+@pytest.mark.parametrize("kind", ["bigram", "mlp", "gpt"])
+def test_every_kind_shares_the_training_interface(kind):
+    model = build_model(kind, "tiny", vocab_size=40)
+    x = torch.randint(40, (4, model.block_size))
+    logits, loss = model(x, torch.randint(40, (4, model.block_size)))
+    assert logits.shape == (4, model.block_size, 40)
+    assert loss.item() == pytest.approx(torch.log(torch.tensor(40.0)).item(), abs=0.5)  # near uniform at init
+    loss.backward()
+    model.eval()
+    assert model.generate(x[:1, :3], 5).shape == (1, 8)
+
+
+def test_mlp_sees_only_its_context_window():
+    model = build_model("mlp", "tiny", vocab_size=30).eval()
+    k = model.config.context
+    x = torch.randint(30, (1, 20))
+    y = x.clone()
+    y[0, 0] = (y[0, 0] + 1) % 30
+    a, _ = model(x)
+    b, _ = model(y)
+    assert not torch.allclose(a[0, k - 1], b[0, k - 1])
+    torch.testing.assert_close(a[0, k:], b[0, k:])  # token 0 is outside their window
