@@ -25,7 +25,7 @@ give the same candidate pairs (tested); `minhash.to_lean` gives datasketch objec
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace, asdict, dataclass, field
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
@@ -99,10 +99,26 @@ class DedupConfig:
         return asdict(self)
 
     def passes(self, dataset: str) -> list[list[str]]:
-        """The field lists to deduplicate `dataset` by, in order."""
+        """The field lists to deduplicate `dataset` by, in order. A pass is a list of fields, or
+        `{fields: [...], near: false}` for an exact-only pass (short templated prompts share most
+        5-grams without being the same task, so by-prompt passes default to exact matching)."""
         if dataset not in self.fields:
             raise ValueError(f"params.yaml dedup.fields has no entry for dataset {dataset!r}: {sorted(self.fields)}")
-        return self.fields[dataset]
+        out = []
+        for entry in self.fields[dataset]:
+            fields_ = entry.get("fields") if isinstance(entry, dict) else entry
+            if not isinstance(fields_, list) or not fields_ or not all(isinstance(f, str) for f in fields_):
+                raise ValueError(f"params.yaml dedup.fields.{dataset}: each pass needs a list of field names, "
+                                 f"got {entry!r}")
+            out.append(fields_)
+        return out
+
+    def pass_config(self, dataset: str, k: int) -> DedupConfig:
+        """This config as pass `k` of `dataset` runs it (an exact-only pass turns `near` off)."""
+        entry = self.fields[dataset][k]
+        if isinstance(entry, dict) and "near" in entry:
+            return replace(self, near=bool(entry["near"]) and self.near)
+        return self
 
 
 # ---- texts and keys -----------------------------------------------------------------------------
