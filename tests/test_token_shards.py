@@ -10,6 +10,7 @@ import pytest
 
 from lmtrain.tokenizer import read_token_shard, train_bpe, write_token_shard
 from lmtrain.tokenizer.char import CharTokenizer
+from lmtrain.tokenizer.tokens import shard_report
 
 TOPICS = pydoc_data.topics.topics
 DOCS = [TOPICS[k] for k in sorted(TOPICS)[:30]] + ["", "café ☕ 東京"]
@@ -74,3 +75,14 @@ def test_truncated_shard_is_detected(tok, tmp_path):
     (tmp_path / "t.bin").write_bytes(data[:-2])
     with pytest.raises(ValueError, match="sidecar says"):
         read_token_shard(tmp_path / "t.bin")
+
+
+def test_shard_report_counts_bytes_per_text_token(tok, tmp_path):
+    write_token_shard(DOCS[:10], tok, tmp_path / "a.bin")
+    write_token_shard(DOCS[10:], tok, tmp_path / "b.bin")
+    report = shard_report([tmp_path / "a.bin", tmp_path / "b.bin"], tok, top=5)
+    n_tokens = sum(len(tok.encode(d)) for d in DOCS)
+    assert report["tokens"] == n_tokens and report["documents"] == len(DOCS)
+    assert report["bytes_per_token"] == pytest.approx(sum(len(d.encode()) for d in DOCS) / n_tokens)
+    assert len(report["most_frequent"]) == 5 and report["most_frequent"][0]["count"] >= report["most_frequent"][1]["count"]
+    assert report["longest"][0]["bytes"] == max(len(tok.token_bytes(i)) for i in range(tok.vocab_size - 5))

@@ -5,7 +5,7 @@ from lmtrain.tokenizer.bpe import DEFAULT_VOCAB_SIZE, GPT2_VOCAB_SIZE, count_chu
 from lmtrain.tokenizer.char import CharTokenizer, train_char
 from lmtrain.tokenizer.chat import DEFAULT_SPECIALS, EOT, parse, render
 from lmtrain.tokenizer.core import DEFAULT_PATTERN, Tokenizer
-from lmtrain.tokenizer.tokens import read_token_shard, write_token_shard
+from lmtrain.tokenizer.tokens import read_token_shard, shard_report, write_token_shard
 
 
 def load_tokenizer(folder) -> Tokenizer | CharTokenizer:
@@ -15,6 +15,6 @@ def load_tokenizer(folder) -> Tokenizer | CharTokenizer:
 
 __all__ = [
     "DEFAULT_PATTERN", "DEFAULT_SPECIALS", "DEFAULT_VOCAB_SIZE", "EOT", "GPT2_VOCAB_SIZE", "CharTokenizer",
-    "Tokenizer", "count_chunks", "learn_merges", "load_tokenizer", "parse", "read_token_shard", "render",
+    "Tokenizer", "count_chunks", "learn_merges", "load_tokenizer", "parse", "read_token_shard", "render", "shard_report",
     "train_bpe", "train_char", "write_token_shard",
 ]

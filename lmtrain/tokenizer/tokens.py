@@ -89,3 +89,29 @@ def read_token_shard(bin_path: str | Path) -> tuple[np.memmap, dict]:
     if meta["tokens"] == 0:
         return np.zeros(0, dtype=dtype), meta  # np.memmap cannot map an empty file
     return np.memmap(bin_path, dtype=dtype, mode="r"), meta
+
+
+def _show(tok, i: int) -> str:
+    return tok.token_bytes(i).decode("utf-8", errors="replace")
+
+
+def shard_report(bin_paths: Iterable[str | Path], tok, top: int = 20) -> dict:
+    """Bytes per token over shards (EOT separators not counted), and the most frequent and longest tokens."""
+    counts = np.zeros(tok.vocab_size, dtype=np.int64)
+    n_bytes = n_docs = 0
+    for path in bin_paths:
+        ids, meta = read_token_shard(path)
+        if meta["tokenizer_hash"] != tok.hash:
+            raise ValueError(f"{path}: written by tokenizer {meta['tokenizer_hash'][:12]}, not {tok.hash[:12]}")
+        counts += np.bincount(ids, minlength=tok.vocab_size)
+        n_bytes += meta["bytes"]
+        n_docs += meta["documents"]
+    text_tokens = int(counts.sum()) - n_docs
+    frequent = np.argsort(-counts, kind="stable")[:top]
+    longest = sorted(range(tok.vocab_size - len(tok.special_tokens)), key=lambda i: (-len(tok.token_bytes(i)), i))
+    return {
+        "bytes_per_token": n_bytes / text_tokens if text_tokens else 0.0,
+        "tokens": text_tokens, "bytes": n_bytes, "documents": n_docs,
+        "most_frequent": [{"id": int(i), "token": _show(tok, int(i)), "count": int(counts[i])} for i in frequent],
+        "longest": [{"id": i, "token": _show(tok, i), "bytes": len(tok.token_bytes(i))} for i in longest[:top]],
+    }
