@@ -116,7 +116,7 @@ def read_text_folder(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Re
         try:
             dec = decode_utf8(raw, invalid_utf8)
         except InvalidUTF8 as e:
-            yield BadRecord(spec["source"], rel, "invalid_utf8", f"{path}: {e}", None)
+            yield BadRecord(spec["source"], rel, "invalid_utf8", f"{rel}: {e}", None)
             continue
         yield RawRecord(spec["source"], rel, {"text": dec.text}, group=rel, meta={"file": rel},
                         repaired_bytes=dec.repaired_bytes)
@@ -138,18 +138,18 @@ def read_jsonl(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
                 try:
                     text = decode_utf8(line, invalid_utf8).text
                 except InvalidUTF8 as e:
-                    yield BadRecord(spec["source"], loc, "invalid_utf8", f"{path}:{lineno}: {e}",
+                    yield BadRecord(spec["source"], loc, "invalid_utf8", f"{loc}: {e}",
                                     line.decode("utf-8", errors="replace"))
                     continue
                 try:
                     obj = json.loads(text)
                 except json.JSONDecodeError as e:
                     yield BadRecord(spec["source"], loc, "malformed_json",
-                                    f"{path}:{lineno}: {e.msg} at column {e.colno}", text)
+                                    f"{loc}: {e.msg} at column {e.colno}", text)
                     continue
                 if not isinstance(obj, dict):
                     yield BadRecord(spec["source"], loc, "malformed_json",
-                                    f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}", text)
+                                    f"{loc}: expected a JSON object, got {type(obj).__name__}", text)
                     continue
                 obj = standard_fields(rename_fields(obj, mapping), dataset)
                 group = obj.get(group_field) if group_field else None
