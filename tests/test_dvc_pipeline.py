@@ -1,0 +1,52 @@
+"""The DVC DAG in a temporary git repo: a first repro runs every stage, a second runs nothing, and
+changing one dataset's ingest param reruns only that dataset's stages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import copy_project, python_env
+
+STAGES = ["ingest@corpus", "ingest@instructions", "ingest@comparisons",
+          "dedup@corpus", "dedup@instructions", "dedup@comparisons"]
+
+
+def sh(repo: Path, *cmd: str, env: dict) -> str:
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def ran(output: str) -> list[str]:
+    return sorted(line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage"))
+
+
+@pytest.mark.slow
+def test_repro_is_incremental(tmp_path, prefect_server, raw_sample):
+    repo = copy_project(tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["ingest"]["corpus"]["sources"] = [s for s in params["ingest"]["corpus"]["sources"]
+                                             if s["type"] != "shakespeare"]  # keep the test quick
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = python_env(PREFECT_API_URL=prefect_server, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+                     GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    dvc = str(Path(sys.executable).parent / "dvc")
+    sh(repo, "git", "init", "-q", env=env)
+    sh(repo, dvc, "init", "-q", env=env)
+    sh(repo, dvc, "config", "core.analytics", "false", env=env)
+    first = sh(repo, dvc, "repro", *STAGES, env=env)  # fetch runs too: it is upstream
+    assert ran(first) == sorted(["fetch", *STAGES])
+    assert "up to date" in sh(repo, dvc, "repro", env=env)
+    assert ran(sh(repo, dvc, "repro", env=env)) == []
+
+    params["ingest"]["instructions"]["sources"][0]["options"] = {"max_response_chars": 600}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = sh(repo, sys.executable, "-m", "flows.cli", "status", env=env)
+    changed = {line.split()[0] for line in status.splitlines() if "changed" in line}
+    assert changed == {"ingest@instructions"}  # dedup@instructions follows once its input changes
+    assert ran(sh(repo, dvc, "repro", env=env)) == ["dedup@instructions", "ingest@instructions"]
