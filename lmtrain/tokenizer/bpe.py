@@ -8,8 +8,7 @@ each merge only touches the words it changes:
 2. Keep `pair -> count` (weighted by chunk frequency) and `pair -> chunks that hold it`.
 3. Pick the most frequent pair from a max-heap with lazy invalidation: entries whose count is
    stale are skipped when popped; every pair whose count changes is pushed again.
-4. Merge it in the chunks that hold it; update counts by the difference between old and new
-   pairs of those chunks only.
+4. Merge it in the chunks that hold it; update only the counts of pairs next to each merge.
 
 Ties: among pairs with the highest count, the pair with the smallest (left id, right id) wins.
 Ids are bytes 0-255, then merges in the order learned, so ties favour earlier-learned tokens,
@@ -57,16 +56,46 @@ def count_chunks(texts: Iterable[str], pattern: str = DEFAULT_PATTERN) -> Counte
     return Counter({chunk.encode("utf-8"): n for chunk, n in counts.items()})
 
 
-def _merge_word(word: list[int], a: int, b: int, new: int) -> list[int]:
-    out, i, n = [], 0, len(word)
-    while i < n:
-        if i < n - 1 and word[i] == a and word[i + 1] == b:
-            out.append(new)
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    return out
+def _merge_in_word(words: list[list[int]], i: int, f: int, a: int, b: int, new: int,
+                   delta: dict[Pair, int], where: dict[Pair, set[int]]) -> None:
+    """Merge (a, b) left to right in words[i]; add to `delta` the count changes of the pairs it touches.
+
+    Only pairs next to a merge change: each merge removes (a, b) and the old pair on its left, and adds
+    (left neighbour, new); a merge not followed by another swaps (b, t) for (new, t) on its right.
+    """
+    w = words[i]
+    hits = [k for k, p in enumerate(zip(w, w[1:])) if p[0] == a and p[1] == b]
+    if a == b:  # "aaa": occurrences overlap; keep the leftmost of each run
+        kept, last = [], -2
+        for k in hits:
+            if k > last + 1:
+                kept.append(k)
+                last = k
+        hits = kept
+    get = delta.get
+    out: list[int] = []
+    start = 0
+    n = len(w)
+    for k in hits:
+        out += w[start:k]
+        delta[(a, b)] = get((a, b), 0) - f
+        if k:
+            p = (w[k - 1], a)
+            delta[p] = get(p, 0) - f
+            p = (out[-1], new)
+            delta[p] = get(p, 0) + f
+            where.setdefault(p, set()).add(i)
+        out.append(new)
+        start = k + 2
+        if start < n and not (w[start] == a and start + 1 < n and w[start + 1] == b):
+            t = w[start]
+            p = (b, t)
+            delta[p] = get(p, 0) - f
+            p = (new, t)
+            delta[p] = get(p, 0) + f
+            where.setdefault(p, set()).add(i)
+    out += w[start:]
+    words[i] = out
 
 
 def learn_merges(chunk_counts: Mapping[bytes, int], n_tokens: int) -> list[tuple[int, int, int]]:
@@ -96,20 +125,8 @@ def learn_merges(chunk_counts: Mapping[bytes, int], n_tokens: int) -> list[tuple
             token_bytes.append(joined)
         merges.append((a, b, new))
         delta: dict[Pair, int] = {}
-        dget = delta.get
         for i in where.pop((a, b)):
-            old = words[i]
-            w = _merge_word(old, a, b, new)
-            if len(w) == len(old):
-                continue  # index entry left over from before an earlier merge removed the pair here
-            f = freqs[i]
-            for p in zip(old, old[1:]):
-                delta[p] = dget(p, 0) - f
-            for p in zip(w, w[1:]):
-                delta[p] = dget(p, 0) + f
-                if new in p:  # only pairs with the new token are new to this chunk's index entries
-                    where.setdefault(p, set()).add(i)
-            words[i] = w
+            _merge_in_word(words, i, freqs[i], a, b, new, delta, where)
         for p, d in delta.items():
             if d == 0:
                 continue
