@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import polars as pl
@@ -42,35 +43,60 @@ def empty_frame(dataset: str, rejected: bool = False) -> pl.DataFrame:
 
 
 class ShardWriter:
-    """Buffer rows and write `<prefix>-NNNNN.parquet` whenever the buffered text reaches
-    `max_bytes`; always writes at least one (possibly empty) shard so every output has a schema."""
+    """Stream rows into `<prefix>-NNNNN.parquet` shards of about `max_bytes` of text each.
 
-    def __init__(self, folder: Path, prefix: str, dataset: str, max_bytes: int, rejected: bool = False):
+    Rows are buffered only up to one row group (`row_group_bytes`), validated, and appended to the
+    open shard (a temporary file renamed into place when the shard closes): memory stays at one row
+    group whatever the shard size. Always writes at least one (possibly empty) shard."""
+
+    def __init__(self, folder: Path, prefix: str, dataset: str, max_bytes: int, rejected: bool = False,
+                 row_group_bytes: int = 8_000_000):
         self.folder, self.prefix, self.dataset = Path(folder), prefix, dataset
         self.max_bytes, self.rejected = max_bytes, rejected
+        self.row_group_bytes = min(row_group_bytes, max_bytes)
         self.rows: list[dict] = []
         self.buffered = 0
+        self.shard_bytes = 0
         self.paths: list[Path] = []
         self.schema = dict(columns_for(dataset))
         if rejected:
             self.schema.update(REJECT_COLUMNS)
+        self._writer = None
+        self._tmp: Path | None = None
 
     def add(self, row: dict, nbytes: int) -> None:
         self.rows.append(row)
         self.buffered += nbytes
-        if self.buffered >= self.max_bytes:
-            self.flush()
+        if self.buffered >= self.row_group_bytes:
+            self._write_row_group()
+        if self.shard_bytes >= self.max_bytes:
+            self._close_shard()
 
-    def flush(self) -> None:
-        if not self.rows and self.paths:
-            return
-        df = pl.DataFrame(self.rows, schema=self.schema) if self.rows else \
-            pl.DataFrame(schema=self.schema)
+    def _write_row_group(self) -> None:
+        import pyarrow.parquet as pq
+
+        df = pl.DataFrame(self.rows, schema=self.schema) if self.rows else pl.DataFrame(schema=self.schema)
         path = self.folder / f"{self.prefix}-{len(self.paths):05d}.parquet"
-        write_shard(df, path, self.dataset, rejected=self.rejected)
-        self.paths.append(path)
+        validate(df, self.dataset, where=str(path), rejected=self.rejected)
+        table = df.to_arrow()
+        if self._writer is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            self._writer = pq.ParquetWriter(self._tmp, table.schema, compression="zstd", compression_level=3)
+        self._writer.write_table(table)
+        self.shard_bytes += self.buffered
         self.rows, self.buffered = [], 0
 
+    def _close_shard(self) -> None:
+        if self.rows or self._writer is None:
+            self._write_row_group()
+        self._writer.close()
+        path = self.folder / f"{self.prefix}-{len(self.paths):05d}.parquet"
+        os.replace(self._tmp, path)
+        self.paths.append(path)
+        self._writer, self._tmp, self.shard_bytes = None, None, 0
+
     def close(self) -> list[Path]:
-        self.flush()
+        if self.rows or self._writer is not None or not self.paths:
+            self._close_shard()
         return self.paths
