@@ -14,6 +14,7 @@ import math
 import multiprocessing as mp
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,10 @@ def _train(lines: list[str], cfg: QualityConfig, model_path: Path):
                 raise RuntimeError(f"fastText training failed on {len(lines)} chunks ({e}); degenerate "
                                    "text (few repeated lines) causes this: raise min_chunk_words or add "
                                    "data") from e
+            except BrokenProcessPool as e:
+                raise RuntimeError("the fastText training process died; a script that trains must guard "
+                                   "its entry point with `if __name__ == '__main__':` (spawned "
+                                   "processes re-import it)") from e
     return load_quality_model(model_path)
 
 
