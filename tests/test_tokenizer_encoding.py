@@ -19,6 +19,7 @@ from lmtrain.tokenizer import (
     learn_merges,
     train_bpe,
     train_char,
+    train_tokenizer,
 )
 from lmtrain.tokenizer.core import RANKS_FILE, SIDECAR_FILE
 
@@ -147,3 +148,10 @@ def test_possessive_digit_runs_are_read_differently_by_hf_hence_avoided():
     assert [s for s, _ in split.pre_tokenize_str("1234567")] == ["1234567"]  # Oniguruma: runs of runs
     assert regex.findall(possessive, "1234567") == ["123", "456", "7"]
     assert regex.findall(DEFAULT_PATTERN, "1234567") == ["123", "456", "7"]
+
+
+def test_train_tokenizer_picks_the_kind():
+    assert isinstance(train_tokenizer(["abc"], kind="char"), CharTokenizer)
+    assert train_tokenizer(TRAIN_TEXTS[:3], kind="bpe", vocab_size=300).vocab_size == 300
+    with pytest.raises(ValueError, match="'wordpiece'"):
+        train_tokenizer(["abc"], kind="wordpiece")

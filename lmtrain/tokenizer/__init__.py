@@ -1,6 +1,8 @@
 """Tokenizers built here: byte-level BPE (served by tiktoken), character-level, the chat template
 and token shards. See bpe.py, core.py, char.py, chat.py, tokens.py."""
 
+from collections.abc import Iterable, Sequence
+
 from lmtrain.tokenizer.bpe import DEFAULT_VOCAB_SIZE, GPT2_VOCAB_SIZE, count_chunks, learn_merges, train_bpe
 from lmtrain.tokenizer.char import CharTokenizer, train_char
 from lmtrain.tokenizer.chat import DEFAULT_SPECIALS, EOT, parse, render
@@ -13,8 +15,19 @@ def load_tokenizer(folder) -> Tokenizer | CharTokenizer:
     return Tokenizer.load(folder)
 
 
+def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int = DEFAULT_VOCAB_SIZE,
+                    pattern: str = DEFAULT_PATTERN, special_tokens: Sequence[str] = DEFAULT_SPECIALS
+                    ) -> Tokenizer | CharTokenizer:
+    """`train_bpe` for kind "bpe", `train_char` for kind "char" (which ignores vocab_size and pattern)."""
+    if kind == "bpe":
+        return train_bpe(texts, vocab_size, pattern, special_tokens)
+    if kind == "char":
+        return train_char(texts, special_tokens)
+    raise ValueError(f"tokenizer kind {kind!r} is not 'bpe' or 'char'")
+
+
 __all__ = [
     "DEFAULT_PATTERN", "DEFAULT_SPECIALS", "DEFAULT_VOCAB_SIZE", "EOT", "GPT2_VOCAB_SIZE", "CharTokenizer",
     "Tokenizer", "count_chunks", "learn_merges", "load_tokenizer", "parse", "read_token_shard", "render", "shard_report",
-    "train_bpe", "train_char", "write_token_shard",
+    "train_bpe", "train_char", "train_tokenizer", "write_token_shard",
 ]

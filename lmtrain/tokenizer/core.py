@@ -27,10 +27,14 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tiktoken
 
 from lmtrain.tokenizer.chat import EOT
+
+if TYPE_CHECKING:
+    from lmtrain.tokenizer.char import CharTokenizer
 
 FORMAT = "lmforge-tokenizer-v1"
 RANKS_FILE = "tokenizer.tiktoken"
@@ -144,7 +148,7 @@ class Tokenizer:
         return Path(folder)
 
     @classmethod
-    def load(cls, folder: str | Path):
+    def load(cls, folder: str | Path) -> Tokenizer | CharTokenizer:
         """Load a saved tokenizer (BPE or character-level, by the sidecar's `kind`) and check its hash."""
         folder = Path(folder)
         meta = read_sidecar(folder)
