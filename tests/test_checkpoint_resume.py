@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import safetensors
 import torch
-from test_train import make_corpus, small_config
 
 from lmtrain.checkpoint import load_model, load_training_state, save_checkpoint
 from lmtrain.model import build_model
 from lmtrain.train import train
+from tests.test_train import make_corpus, small_config
 
 
 class Interrupt(Exception):
@@ -19,7 +19,7 @@ class Interrupt(Exception):
 
 def test_resumed_run_reproduces_the_uninterrupted_one_exactly(tmp_path):
     train_dir, eval_dir = make_corpus(tmp_path)
-    cfg = small_config(max_steps=8, eval_interval=4, mc_items=0)  # tiny GPT with dropout: RNG state matters
+    cfg = small_config(max_steps=8, eval_interval=4, mc_items=0, dropout=0.1)  # dropout: RNG state matters
     full = train(cfg, train_dir, eval_dir, tmp_path / "full")
 
     def stop_at_5(record):
@@ -27,9 +27,9 @@ def test_resumed_run_reproduces_the_uninterrupted_one_exactly(tmp_path):
             raise Interrupt  # a crash after step 5; the last checkpoint is at step 4
 
     with pytest.raises(Interrupt):
-        train(small_config(max_steps=8, eval_interval=4, mc_items=0, checkpoint_interval=4),
+        train(small_config(max_steps=8, eval_interval=4, mc_items=0, dropout=0.1, checkpoint_interval=4),
               train_dir, eval_dir, tmp_path / "resumed", on_progress=stop_at_5)
-    resumed = train(small_config(max_steps=8, eval_interval=4, mc_items=0, checkpoint_interval=4),
+    resumed = train(small_config(max_steps=8, eval_interval=4, mc_items=0, dropout=0.1, checkpoint_interval=4),
                     train_dir, eval_dir, tmp_path / "resumed")
     a = (tmp_path / "full" / "curves" / "train.csv").read_text()
     b = (tmp_path / "resumed" / "curves" / "train.csv").read_text()

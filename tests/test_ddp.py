@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train import make_corpus
+
+from tests.test_train import make_corpus
 
 ARGS = ["--model", "gpt", "--config", "tiny", "--dropout", "0", "--block-size", "32", "--max-steps", "6",
         "--warmup-steps", "2", "--learning-rate", "3e-3", "--log-interval", "1", "--eval-interval", "100",

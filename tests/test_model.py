@@ -97,3 +97,30 @@ def test_mlp_sees_only_its_context_window():
     b, _ = model(y)
     assert not torch.allclose(a[0, k - 1], b[0, k - 1])
     torch.testing.assert_close(a[0, k:], b[0, k:])  # token 0 is outside their window
+
+
+class ByteTokenizer:
+    def encode(self, s):
+        return list(s.encode("utf-8"))
+
+    def decode(self, ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+class ByteTokenizerWithBytes(ByteTokenizer):
+    def decode_bytes(self, ids):
+        return bytes(ids)
+
+
+@pytest.mark.parametrize("tokenizer", [ByteTokenizer(), ByteTokenizerWithBytes()])
+def test_streaming_never_splits_a_multibyte_character(tokenizer):
+    from lmtrain.sample import stream_text
+
+    target = "é€!".encode()  # 2- and 3-byte characters, one byte per token
+    model = build_model("bigram", "tiny", vocab_size=256)
+    with torch.no_grad():
+        chain = [ord("a"), *target]
+        for a, b in zip(chain, chain[1:]):
+            model.token_logits.weight[a, b] = 10.0  # a deterministic byte chain after the prompt "a"
+    pieces = list(stream_text(model, tokenizer, "a", max_new_tokens=len(target), temperature=0))
+    assert pieces == ["é", "€", "!"]

@@ -1,0 +1,124 @@
+"""Training throughput and MFU (eager vs torch.compile vs bf16 autocast) and KV-cache generation speed.
+
+    python bench/train.py [--quick]      -> bench/results/train.json and a table on stdout
+
+Configs: `tiny` (the default CPU profile's GPT) and a shakespeare_char-sized GPT (6 layers, 6 heads,
+384 wide, block 256, batch 64). Baseline for throughput: the same model eager in float32.
+kv_cache_generation_speedup: generating 256 tokens with the KV cache vs recomputing the whole
+context every step (block 512 holds the 64-token prompt + 256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from lmtrain.flops import flops_per_token, measured_matmul_peak, spec_peak_name  # noqa: E402
+from lmtrain.model import GPT, GPT_CONFIGS, GPTConfig  # noqa: E402
+
+VARIANTS = {"eager_fp32": (False, torch.float32), "compile_fp32": (True, torch.float32),
+            "eager_bf16": (False, torch.bfloat16), "compile_bf16": (True, torch.bfloat16)}
+
+
+def train_tokens_per_s(cfg: GPTConfig, batch: int, steps: int, compile_: bool, dtype: torch.dtype,
+                       device: torch.device) -> float:
+    """Optimizer steps per second × tokens per step, after two warm-up (and compile) steps."""
+    torch.manual_seed(0)
+    model = GPT(cfg).to(device)
+    opt = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.type)
+    run = torch.compile(model) if compile_ else model
+    x = torch.randint(cfg.vocab_size, (batch, cfg.block_size), device=device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
+    def step() -> None:
+        with autocast:
+            _, loss = run(x, x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return batch * cfg.block_size * steps / (time.perf_counter() - t0)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def generation_tokens_per_s(model: GPT, prompt: torch.Tensor, new: int, use_cache: bool) -> float:
+    g = torch.Generator(device=prompt.device).manual_seed(0)
+    model.generate(prompt, 8, use_cache=use_cache, generator=g)  # warm-up
+    sync(prompt.device)
+    t0 = time.perf_counter()
+    model.generate(prompt, new, use_cache=use_cache, generator=g)
+    sync(prompt.device)
+    return new / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller batches, fewer steps")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peaks = {dtype: measured_matmul_peak(device, dtype) for dtype in (torch.float32, torch.bfloat16)}
+    setups = {  # name: (config, batch, timed steps)
+        "tiny": (GPTConfig(**{**GPT_CONFIGS["tiny"], "vocab_size": 4096, "dropout": 0.0}),
+                 8 if args.quick else 32, 3 if args.quick else 10),
+        "shakespeare_char": (GPTConfig(**{**GPT_CONFIGS["shakespeare_char"], "vocab_size": 65, "dropout": 0.0}),
+                             8 if args.quick else 64, 2 if args.quick else 4),
+    }
+    rows = []
+    for name, (cfg, batch, steps) in setups.items():
+        fpt = flops_per_token(GPT(cfg), cfg.block_size)
+        base = None
+        for variant, (compile_, dtype) in VARIANTS.items():
+            tps = train_tokens_per_s(cfg, batch, steps, compile_, dtype, device)
+            base = base or tps
+            mfu = tps * fpt / peaks[dtype]
+            print(f"{name:17s} {variant:13s} {tps:12,.0f} tok/s  MFU {100 * mfu:5.1f}%", flush=True)
+            rows.append({"measure": f"tokens_per_s_{name}_{variant}", "ours": tps,
+                         "baseline": f"{name} eager float32", "baseline_value": base, "unit": "tokens/s",
+                         "ratio": tps / base})
+            rows.append({"measure": f"mfu_{name}_{variant}", "ours": mfu,
+                         "baseline": f"measured {str(dtype).removeprefix('torch.')} matmul peak "
+                                     f"{peaks[dtype] / 1e12:.2f} TFLOP/s; spec: {spec_peak_name(device)}",
+                         "baseline_value": 1.0, "unit": "fraction of peak", "ratio": mfu})
+
+    torch.manual_seed(0)
+    gen_cfg = GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=512, vocab_size=65)
+    model = GPT(gen_cfg).to(device).eval()
+    prompt = torch.randint(65, (1, 64), device=device)
+    cached = generation_tokens_per_s(model, prompt, 256, use_cache=True)
+    recompute = generation_tokens_per_s(model, prompt, 256, use_cache=False)
+    print(f"generation: KV cache {cached:,.0f} tok/s, full recompute {recompute:,.0f} tok/s, "
+          f"speedup {cached / recompute:.1f}x")
+    rows.append({"measure": "kv_cache_generation_speedup", "ours": cached, "baseline": "full recompute per token",
+                 "baseline_value": recompute, "unit": "tokens/s", "ratio": cached / recompute})
+
+    out = Path(__file__).resolve().parent / "results" / "train.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"benchmark": "train", "device": str(device), "quick": args.quick, "rows": rows},
+                              indent=2))
+    print("\n| measure | ours | baseline | ratio |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['measure']} | {r['ours']:.4g} {r['unit']} | {r['baseline_value']:.4g} ({r['baseline']}) "
+              f"| {r['ratio']:.2f} |")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
