@@ -1,0 +1,348 @@
+"""A batched generation engine: one thread decodes every running request together, one token per step.
+
+Continuous batching in the small: each request owns a slot of a preallocated KV cache with its own
+position counter (lmtrain.model.KVCache shares one counter across rows, so rows of different lengths
+cannot share it). A request joins the batch as soon as a slot is free (its prompt is prefilled with the
+model's own forward), and leaves it as soon as it finishes, so a long request never holds back a short
+one: every step advances all of them. Beyond `max_batch_size` running and `max_waiting` queued requests,
+`submit` raises `EngineFull` (the server answers 429).
+
+Results come back as `Event`s on a per-request callback (the server forwards them to its event loop):
+text pieces already decoded (partial UTF-8 characters held back) and cut at stop strings.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from lmtrain.model import GPT, sample_next_token
+
+
+class EngineFull(RuntimeError):
+    """Raised by submit() when the running batch and the waiting queue are both full."""
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: Sequence[str] = ()  # stop strings: cut before the first occurrence, which is not returned
+    stop_token_ids: frozenset[int] = frozenset()  # tokens that end generation (EOT, end-of-turn)
+    seed: int | None = None  # a seeded request samples from its own generator: same output at any load
+
+
+@dataclass
+class Event:
+    """A decoded text piece, and on the last event of a request its finish reason ('stop'/'length'/'error')."""
+    text: str
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    on_event: Callable[[Event], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    n_generated: int = 0
+    slot: int = -1
+
+    def cancel(self) -> None:
+        """Stop generating for this request (client gone); its slot is freed at the next step."""
+        self.cancelled.set()
+
+
+class TextAssembler:
+    """Token ids in, text pieces out: incremental UTF-8 decoding, then stop-string hold-back."""
+
+    def __init__(self, tokenizer, stop: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stop = [s for s in stop if s]
+        self.held = ""  # text that could be the start of a stop string
+
+    def push(self, token: int) -> tuple[str, bool]:
+        """(text now safe to send, whether a stop string was hit)."""
+        self.held += self.decoder.decode(self.tokenizer.token_bytes(token))
+        hits = [i for i in (self.held.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            out, self.held = self.held[:min(hits)], ""
+            return out, True
+        # keep back the longest tail that is a prefix of some stop string
+        keep = max((k for s in self.stop for k in range(min(len(s) - 1, len(self.held)), 0, -1)
+                    if self.held.endswith(s[:k])), default=0)
+        cut = len(self.held) - keep
+        out, self.held = self.held[:cut], self.held[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        """Whatever is held back, at the end of a request that did not stop on a stop string."""
+        out, self.held = self.held + self.decoder.decode(b"", final=True), ""
+        return out
+
+
+class BatchedKVCache:
+    """Keys/values per layer as (slots, heads, block_size, head_dim); each slot has its own length."""
+
+    def __init__(self, model: GPT, slots: int) -> None:
+        c = model.config
+        w = model.lm_head.weight
+        shape = (slots, c.n_head, c.block_size, c.n_embd // c.n_head)
+        self.k = [torch.zeros(shape, device=w.device, dtype=w.dtype) for _ in range(c.n_layer)]
+        self.v = [torch.zeros(shape, device=w.device, dtype=w.dtype) for _ in range(c.n_layer)]
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy slot src into slot dst (keeps the running slots contiguous: 0..n-1)."""
+        for layer in range(len(self.k)):
+            self.k[layer][dst, :, :length] = self.k[layer][src, :, :length]
+            self.v[layer][dst, :, :length] = self.v[layer][src, :, :length]
+
+
+@torch.no_grad()
+def prefill(model: GPT, cache: BatchedKVCache, slot: int, ids: Sequence[int]) -> torch.Tensor:
+    """Run the prompt through the model's own forward, store its keys/values in `slot`; last logits (vocab,)."""
+    device = model.lm_head.weight.device
+    one = model.new_kv_cache(1, len(ids))
+    logits, _ = model(torch.tensor([list(ids)], dtype=torch.long, device=device), kv_cache=one)
+    for layer in range(len(cache.k)):
+        cache.k[layer][slot, :, :len(ids)] = one.k[layer][0]
+        cache.v[layer][slot, :, :len(ids)] = one.v[layer][0]
+    return logits[0, -1]
+
+
+@torch.no_grad()
+def decode_step(model: GPT, cache: BatchedKVCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """One new token for each of slots 0..B-1 at its own position; logits (B, vocab).
+
+    The same computation as GPT.forward with a KVCache (eval mode), except that every row writes its key
+    and value at its own position and masks out the keys beyond it.
+    """
+    B = tokens.size(0)
+    tr = model.transformer
+    x = (tr.wte(tokens) + tr.wpe(positions))[:, None, :]  # (B, 1, C)
+    C = x.size(-1)
+    rows = torch.arange(B, device=x.device)
+    length = int(positions.max()) + 1
+    mask = (torch.arange(length, device=x.device)[None, :] <= positions[:, None])[:, None, None, :]
+    for layer, block in enumerate(tr.h):
+        attn = block.attn
+        nh = attn.n_head
+        q, k, v = attn.c_attn(block.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, 1, nh, C // nh).transpose(1, 2) for t in (q, k, v))
+        cache.k[layer][rows, :, positions] = k[:, :, 0]
+        cache.v[layer][rows, :, positions] = v[:, :, 0]
+        y = F.scaled_dot_product_attention(q, cache.k[layer][:B, :, :length], cache.v[layer][:B, :, :length],
+                                           attn_mask=mask)
+        x = x + attn.c_proj(y.transpose(1, 2).reshape(B, 1, C))
+        x = x + block.mlp(block.ln_2(x))
+    return model.lm_head(tr.ln_f(x))[:, 0]
+
+
+class Engine:
+    """Owns the model and a thread that runs the batched decoding loop."""
+
+    def __init__(self, model: GPT, tokenizer, max_batch_size: int = 16, max_waiting: int = 64) -> None:
+        if not isinstance(model, GPT):
+            raise TypeError(f"the engine serves GPT models (KV cache); got {type(model).__name__}")
+        if max_batch_size < 1 or max_waiting < 0:
+            raise ValueError(f"max_batch_size must be >= 1 and max_waiting >= 0, got {max_batch_size}, {max_waiting}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.max_waiting = max_waiting
+        self.block_size = model.config.block_size
+        self.cache = BatchedKVCache(model, max_batch_size)
+        self.device = model.lm_head.weight.device
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.running: list[Request] = []  # running[i] occupies cache slot i
+        self.lengths: list[int] = []  # tokens stored in each running slot
+        self.last_token: list[int] = []
+        self.assemblers: list[TextAssembler] = []
+        self.generators: list[torch.Generator | None] = []
+        self.lock = threading.Condition()
+        self.stopping = False
+        self.paused = False
+        self.n_cancelled = 0  # requests dropped mid-generation because their client went away
+        self.error: BaseException | None = None
+        self.steps = 0
+        self.thread = threading.Thread(target=self._loop, name="lmforge-engine", daemon=True)
+        self.thread.start()
+
+    # ---- API used by the server (any thread) ----
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, on_event: Callable[[Event], None]) -> Request:
+        """Queue a request; raises EngineFull beyond the cap and ValueError if it cannot fit the context."""
+        if not prompt_ids:
+            raise ValueError("the prompt encodes to no tokens")
+        if len(prompt_ids) + params.max_tokens > self.block_size:
+            raise ValueError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                             f"model's context of {self.block_size} tokens")
+        req = Request(list(prompt_ids), params, on_event)
+        with self.lock:
+            if self.error is not None or self.stopping:
+                raise RuntimeError(f"engine is not running: {self.error or 'shut down'}")
+            if len(self.waiting) + len(self.running) >= self.max_batch_size + self.max_waiting:
+                raise EngineFull(f"server busy: {len(self.running)} running and {len(self.waiting)} waiting "
+                                 f"requests (cap {self.max_batch_size} + {self.max_waiting}); retry later")
+            self.waiting.append(req)
+            self.lock.notify()
+        return req
+
+    def load(self) -> dict:
+        """Running and waiting request counts, and the caps."""
+        with self.lock:
+            return {"running": len(self.running), "waiting": len(self.waiting),
+                    "max_batch_size": self.max_batch_size, "max_waiting": self.max_waiting,
+                    "cancelled": self.n_cancelled, "paused": self.paused,
+                    "healthy": self.error is None and not self.stopping}
+
+    def pause(self) -> None:
+        """Stop stepping after the current step; requests still queue up (to drain a host, or in tests)."""
+        with self.lock:
+            self.paused = True
+
+    def resume(self) -> None:
+        with self.lock:
+            self.paused = False
+            self.lock.notify()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the loop; requests still in flight end with finish_reason 'error'."""
+        with self.lock:
+            self.stopping = True
+            self.lock.notify()
+        self.thread.join(timeout)
+
+    # ---- the engine thread ----
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self.lock:
+                    while not self.stopping and (self.paused or (not self.waiting and not self.running)):
+                        self.lock.wait()
+                    if self.stopping:
+                        break
+                    admit = []
+                    while self.waiting and len(self.running) + len(admit) < self.max_batch_size:
+                        admit.append(self.waiting.popleft())
+                for req in admit:
+                    self._admit(req)
+                self._drop_cancelled()
+                if self.running:
+                    self._step()
+        except BaseException as e:  # noqa: BLE001 — recorded, reported to every request, and re-raised
+            self.error = e
+            raise
+        finally:
+            with self.lock:
+                pending = list(self.running) + list(self.waiting)
+                self.waiting.clear()
+            reason = f"engine stopped: {self.error!r}" if self.error else "engine shut down"
+            for req in pending:
+                req.on_event(Event("", "error", req.n_generated, reason))
+
+    def _admit(self, req: Request) -> None:
+        if req.cancelled.is_set():
+            return
+        slot = len(self.running)
+        logits = prefill(self.model, self.cache, slot, req.prompt_ids)
+        gen = None
+        if req.params.seed is not None:
+            gen = torch.Generator(device=self.device).manual_seed(req.params.seed)
+        req.slot = slot
+        self.running.append(req)
+        self.lengths.append(len(req.prompt_ids))
+        self.generators.append(gen)
+        self.assemblers.append(TextAssembler(self.tokenizer, req.params.stop))
+        self.last_token.append(-1)
+        self._emit([slot], self._sample(logits[None], [slot]))
+
+    def _step(self) -> None:
+        B = len(self.running)
+        tokens = torch.tensor(self.last_token, dtype=torch.long, device=self.device)
+        positions = torch.tensor(self.lengths, dtype=torch.long, device=self.device)
+        logits = decode_step(self.model, self.cache, tokens, positions)
+        for i in range(B):
+            self.lengths[i] += 1
+        self.steps += 1
+        self._emit(list(range(B)), self._sample(logits, list(range(B))))
+
+    def _sample(self, logits: torch.Tensor, slots: list[int]) -> list[int]:
+        """Next token per row; rows with equal settings and no seed are sampled together."""
+        out = [0] * len(slots)
+        groups: dict[tuple, list[int]] = {}
+        for row, slot in enumerate(slots):
+            p = self.running[slot].params
+            if self.generators[slot] is not None:
+                t = sample_next_token(logits[row:row + 1], p.temperature, p.top_k, p.top_p, self.generators[slot])
+                out[row] = int(t[0, 0])
+            else:
+                groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(row)
+        for (temperature, top_k, top_p), rows in groups.items():
+            t = sample_next_token(logits[rows], temperature, top_k, top_p)
+            for row, tok in zip(rows, t[:, 0].tolist()):
+                out[row] = tok
+        return out
+
+    def _emit(self, slots: list[int], tokens: list[int]) -> None:
+        """Deliver each row's new token as text; finish rows that hit a stop or their budget."""
+        finished = []
+        for slot, tok in zip(slots, tokens):
+            req = self.running[slot]
+            p = req.params
+            if tok in p.stop_token_ids:
+                finished.append((slot, Event(self.assemblers[slot].flush(), "stop", req.n_generated)))
+                continue
+            req.n_generated += 1
+            self.last_token[slot] = tok
+            text, hit_stop = self.assemblers[slot].push(tok)
+            if hit_stop:
+                finished.append((slot, Event(text, "stop", req.n_generated)))
+            elif req.n_generated >= p.max_tokens:
+                finished.append((slot, Event(text + self.assemblers[slot].flush(), "length", req.n_generated)))
+            elif text:
+                req.on_event(Event(text, None, req.n_generated))
+        for slot, event in finished:
+            self.running[slot].on_event(event)
+        self._release(sorted((s for s, _ in finished), reverse=True))
+
+    def _drop_cancelled(self) -> None:
+        gone = [i for i in range(len(self.running) - 1, -1, -1) if self.running[i].cancelled.is_set()]
+        self.n_cancelled += len(gone)
+        self._release(gone)
+
+    def _release(self, slots_desc: list[int]) -> None:
+        """Free slots (given highest first), moving the last running request into each hole."""
+        for slot in slots_desc:
+            last = len(self.running) - 1
+            if slot != last:
+                self.cache.move(last, slot, self.lengths[last])
+                for seq in (self.running, self.lengths, self.last_token, self.assemblers, self.generators):
+                    seq[slot] = seq[last]
+                self.running[slot].slot = slot
+            for seq in (self.running, self.lengths, self.last_token, self.assemblers, self.generators):
+                seq.pop()
+
+
+def wait_idle(engine: Engine, timeout: float = 10.0) -> bool:
+    """True once no request is running or waiting (tests use it to check that slots were freed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        load = engine.load()
+        if load["running"] == 0 and load["waiting"] == 0:
+            return True
+        time.sleep(0.01)
+    return False
