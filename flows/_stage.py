@@ -56,18 +56,18 @@ def task_runner(params: dict):
 
 
 @task(name="shard", cache_policy=NO_CACHE, retries=1)
-def shard_task(step: Callable, in_path: Path, out_dir: Path, dataset: str) -> dict:
+def shard_task(step: Callable, in_path: Path, out_dir: Path, dataset: str, reject_suffix: str = "") -> dict:
     """Apply a step to one shard (paths in, small stats out)."""
-    return run_step_on_shard(step, in_path, out_dir, dataset)
+    return run_step_on_shard(step, in_path, out_dir, dataset, reject_suffix)
 
 
-def map_shards(step: Callable, in_dir: Path, out_dir: Path, dataset: str) -> list[dict]:
+def map_shards(step: Callable, in_dir: Path, out_dir: Path, dataset: str, reject_suffix: str = "") -> list[dict]:
     """Submit one task per input shard; all write into `out_dir` (a staging folder)."""
     shards = list_shards(in_dir)
     if not shards:
         raise FileNotFoundError(f"no input shards in {in_dir}: run the previous stage first")
-    futures = [shard_task.with_options(task_run_name=f"shard-{p.stem}").submit(step, p, out_dir, dataset)
-               for p in shards]
+    futures = [shard_task.with_options(task_run_name=f"shard-{p.stem}").submit(step, p, out_dir, dataset,
+                                                                            reject_suffix) for p in shards]
     return [f.result() for f in futures]
 
 

@@ -23,22 +23,28 @@ class ConservationError(AssertionError):
     """A step lost or invented rows."""
 
 
-def run_step_on_shard(step: Step, in_path: Path, out_dir: Path, dataset: str) -> dict:
+def run_step_on_shard(step: Step, in_path: Path, out_dir: Path, dataset: str, reject_suffix: str = "") -> dict:
     """Read one shard, apply `step`, write kept rows to `out_dir/<name>` and rejected rows to
-    `out_dir/rejected/<name>` (both validated, atomic); return the shard's stats."""
+    `out_dir/rejected/<stem><reject_suffix>.parquet` (both validated, atomic); return its stats.
+
+    Conservation counts input documents: augmentation may add rows (marked by a non-null
+    `augmented_from`), reported as `rows_added`; balance's up-sampling is a `repeats` column."""
     in_path, out_dir = Path(in_path), Path(out_dir)
     df = read_shard(in_path)
     result = step(df)
-    rows_in, kept, rejected = df.height, result.kept.height, result.rejected.height
-    # Balance may up-sample: its kept rows carry `repeats`; conservation counts unique documents.
-    unique_kept = result.kept.select(pl.col("id").n_unique()).item() if kept else 0
-    if rows_in != unique_kept + rejected:
-        raise ConservationError(f"{in_path.name}: rows_in={rows_in} != kept={unique_kept} + rejected={rejected}")
-    write_shard(result.kept, out_dir / in_path.name, dataset)
-    write_shard(result.rejected, out_dir / REJECTED_DIR / in_path.name, dataset, rejected=True)
+    rows_in, rejected = df.height, result.rejected.height
+    kept_df = result.kept
+    added = kept_df.filter(pl.col("augmented_from").is_not_null()).height if "augmented_from" in kept_df.columns else 0
+    kept = kept_df.height - added
+    if rows_in != kept + rejected:
+        raise ConservationError(f"{in_path.name}: rows_in={rows_in} != kept={kept} + rejected={rejected}")
+    write_shard(kept_df, out_dir / in_path.name, dataset)
+    write_shard(result.rejected, out_dir / REJECTED_DIR / f"{in_path.stem}{reject_suffix}.parquet", dataset,
+                rejected=True)
     by_reason = Counter(result.rejected.get_column("reason").to_list()) if rejected else Counter()
-    return {"shard": in_path.name, "rows_in": rows_in, "rows_kept": unique_kept, "rows_out": kept,
-            "rows_rejected": rejected, "rejected_by_reason": dict(by_reason)}
+    rows_out = int(kept_df["repeats"].sum()) if "repeats" in kept_df.columns else kept_df.height
+    return {"shard": in_path.name, "rows_in": rows_in, "rows_kept": kept, "rows_added": added,
+            "rows_out": rows_out, "rows_rejected": rejected, "rejected_by_reason": dict(by_reason)}
 
 
 def summarise(stats: Iterable[dict], seconds: float, **extra) -> dict:
@@ -57,6 +63,8 @@ def summarise(stats: Iterable[dict], seconds: float, **extra) -> dict:
     }
     if any("rows_out" in s for s in stats):
         m["rows_out"] = sum(s.get("rows_out", s["rows_kept"]) for s in stats)
+    if any(s.get("rows_added") for s in stats):
+        m["rows_added"] = sum(s.get("rows_added", 0) for s in stats)
     if m["rows_in"] != m["rows_kept"] + m["rows_rejected"]:
         raise ConservationError(f"rows_in={m['rows_in']} != rows_kept={m['rows_kept']} + "
                                 f"rows_rejected={m['rows_rejected']}")

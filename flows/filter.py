@@ -1,0 +1,161 @@
+"""Stage `filter` for one dataset.
+
+corpus: per shard, language ID then the heuristic rules (Gopher quality + repetition, C4 lines);
+then a fastText quality classifier is trained once (positives: `filter.quality.positive_source`,
+negatives: the rest of the pool after language ID), every shard is scored, and training documents
+below the dataset-wide cut are rejected (`quality`). The evaluation split is scored, never filtered.
+instructions / comparisons: per-field record rules and language ID on the named fields.
+
+    python -m flows.filter corpus|instructions|comparisons [--params params.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows._stage import data_root, load_params, map_shards, publish_metrics, task_runner
+from lmdata.atomic import atomic_dir, write_json
+from lmdata.filters.heuristics import HeuristicsConfig, heuristic_filter, record_filter
+from lmdata.filters.langid import LangIdConfig, langid_filter
+from lmdata.filters.quality import (
+    QualityConfig,
+    keep_threshold,
+    load_quality_model,
+    quality_filter,
+    score_histogram,
+    score_texts,
+    train_quality_classifier,
+)
+from lmdata.runner import summarise
+from lmdata.shards import REJECTED_DIR, list_shards
+from lmdata.stage import StepResult, empty_rejects
+
+DEFAULT_LANGID_FIELDS = {"corpus": ["text"], "instructions": ["prompt", "response"],
+                         "comparisons": ["prompt", "chosen", "rejected"]}
+
+
+def configs(params: dict, dataset: str) -> tuple[LangIdConfig, HeuristicsConfig, QualityConfig]:
+    """Build and validate every filter config before any work starts."""
+    section = params.get("filter", {})
+    langid = LangIdConfig.from_dict(section.get("langid"))
+    fields = section.get("langid_fields", {}).get(dataset, DEFAULT_LANGID_FIELDS[dataset])
+    return (dataclasses.replace(langid, fields=list(fields)), HeuristicsConfig.from_dict(section.get("heuristics")),
+            QualityConfig.from_dict(section.get("quality")))
+
+
+def rules_step(df: pl.DataFrame, dataset: str, langid: LangIdConfig, heur: HeuristicsConfig) -> StepResult:
+    """First failing rule wins: record rules, then language ID, then (corpus) heuristics."""
+    results = []
+    if dataset != "corpus":
+        results.append(record_filter(df, dataset))
+        df = results[-1].kept
+    if langid.enabled:
+        results.append(langid_filter(df, langid))
+        df = results[-1].kept
+    if dataset == "corpus" and heur.enabled:
+        results.append(heuristic_filter(df, heur))
+        df = results[-1].kept
+    if not results:
+        return StepResult(df, empty_rejects(df))
+    rejected = [r.rejected for r in results if r.rejected.height]
+    return StepResult(df, pl.concat(rejected, how="diagonal_relaxed") if rejected else results[-1].rejected)
+
+
+@task(name="train-quality-classifier", cache_policy=NO_CACHE)
+def train_classifier(shards: list[Path], cfg: QualityConfig, model_path: Path) -> dict:
+    cols = ["id", "source", "group", "split", "text"]
+    pool = pl.concat([pl.read_parquet(s, columns=cols) for s in shards])
+    return train_quality_classifier(pool, cfg, model_path)
+
+
+@task(name="score-shard", cache_policy=NO_CACHE)
+def score_shard(shard: Path, model_path: Path) -> list[float]:
+    df = pl.read_parquet(shard, columns=["text", "split"]).filter(pl.col("split") == "train")
+    return score_texts(load_quality_model(model_path), df["text"].to_list()).tolist()
+
+
+def quality_step(df: pl.DataFrame, cfg: QualityConfig, model_path: str, threshold: float) -> StepResult:
+    return quality_filter(df, cfg, model_path, threshold=threshold)
+
+
+def combine(first: list[dict], second: list[dict]) -> list[dict]:
+    """Per-shard stats of two passes: rows in from the first, kept from the second, rejects from both."""
+    out = []
+    for a, b in zip(first, second):
+        reasons = dict(a["rejected_by_reason"])
+        for r, n in b["rejected_by_reason"].items():
+            reasons[r] = reasons.get(r, 0) + n
+        out.append({"shard": a["shard"], "rows_in": a["rows_in"], "rows_kept": b["rows_kept"],
+                    "rows_rejected": a["rows_rejected"] + b["rows_rejected"], "rejected_by_reason": reasons})
+    return out
+
+
+@flow(name="filter", log_prints=True)
+def filter_stage(dataset: str, params: dict) -> dict:
+    langid, heur, quality = configs(params, dataset)
+    if langid.enabled and not Path(langid.model_path).exists():
+        raise FileNotFoundError(f"filter.langid.model_path: no model at {langid.model_path} (run the fetch stage)")
+    root = data_root(params)
+    in_dir = root / "dedup" / dataset
+    model_dir = Path(params.get("filter", {}).get("model_dir", "models/quality")) / dataset
+    t0 = time.perf_counter()
+    step = functools.partial(rules_step, dataset=dataset, langid=langid, heur=heur)
+    extra: dict = {}
+    with atomic_dir(model_dir) as model_staging, atomic_dir(root / "filter" / dataset) as staging:
+        if dataset != "corpus" or not quality.enabled:
+            stats = map_shards(step, in_dir, staging, dataset)
+            write_json(model_staging / "classifier.json", {"trained": False, "dataset": dataset})
+        else:
+            with tempfile.TemporaryDirectory(prefix=".filter-", dir=root) as tmp:
+                first = map_shards(step, in_dir, Path(tmp), dataset)
+                shards = list_shards(Path(tmp))
+                model_path = model_staging / "quality.bin"
+                extra["quality_classifier"] = train_classifier(shards, quality, model_path)
+                scores = np.concatenate([np.asarray(f.result(), dtype=float) for f in
+                                         [score_shard.submit(s, model_path) for s in shards]] or [np.zeros(0)])
+                threshold = keep_threshold(scores, quality)
+                extra["quality_threshold"] = threshold
+                extra["quality_score_histogram"] = score_histogram(scores)
+                (staging / REJECTED_DIR).mkdir(parents=True, exist_ok=True)
+                for rej in sorted((Path(tmp) / REJECTED_DIR).glob("*.parquet")):
+                    shutil.copy(rej, staging / REJECTED_DIR / rej.name)
+                qstep = functools.partial(quality_step, cfg=quality, model_path=str(model_path), threshold=threshold)
+                second = map_shards(qstep, Path(tmp), staging, dataset, reject_suffix="-quality")
+                stats = combine(first, second)
+                write_json(model_staging / "classifier.json",
+                           {"trained": True, "dataset": dataset, **extra["quality_classifier"]})
+    metrics = summarise(stats, time.perf_counter() - t0, **extra)
+    hist = extra.get("quality_score_histogram")
+    md = [f"# filter / {dataset}", "", f"kept {metrics['rows_kept']} of {metrics['rows_in']}", "",
+          "| rule | rejected |", "|---|---:|"] + [f"| {r} | {n} |" for r, n in metrics["rejected_by_reason"].items()]
+    if hist:
+        md += ["", f"quality threshold {extra['quality_threshold']:.4f}; held-out accuracy by source: "
+               f"{extra['quality_classifier'].get('holdout_accuracy_by_source')}", "",
+               "| score bin | train docs |", "|---|---:|"] + [f"| {b} | {n} |" for b, n in hist.items()]
+    publish_metrics("filter", dataset, metrics, markdown="\n".join(md))
+    print(f"filter {dataset}: {metrics['rows_kept']} kept, rejected {metrics['rejected_by_reason']}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dataset", choices=["corpus", "instructions", "comparisons"])
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    return filter_stage.with_options(task_runner=task_runner(params))(args.dataset, params)
+
+
+if __name__ == "__main__":
+    main()
