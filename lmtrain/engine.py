@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from lmtrain.model import GPT, sample_next_token
+from lmtrain.model import GPT
 
 
 class EngineFull(RuntimeError):
@@ -148,6 +148,38 @@ def decode_step(model: GPT, cache: BatchedKVCache, tokens: torch.Tensor, positio
         x = x + attn.c_proj(y.transpose(1, 2).reshape(B, 1, C))
         x = x + block.mlp(block.ln_2(x))
     return model.lm_head(tr.ln_f(x))[:, 0]
+
+
+@torch.no_grad()
+def sample_batch(logits: torch.Tensor, temperature: Sequence[float], top_k: Sequence[int | None],
+                 top_p: Sequence[float | None], uniform: torch.Tensor) -> list[int]:
+    """One token per row of logits (B, vocab), each row with its own settings, by inverse CDF on `uniform`.
+
+    Same distribution as lmtrain.model.sample_next_token (temperature 0 = greedy, top-k, nucleus top-p),
+    but one pass for the whole batch: per-row sampling calls cost more than the decoding step itself.
+    """
+    B, V = logits.shape
+    dev = logits.device
+    temp = torch.tensor(temperature, dtype=torch.float32, device=dev)
+    greedy = temp <= 0
+    scaled = logits.float() / torch.where(greedy, 1.0, temp)[:, None]
+    if any(k for k in top_k) or any(p is not None and p < 1 for p in top_p):
+        scaled, order = torch.sort(scaled, dim=-1, descending=True)
+        probs = scaled.softmax(dim=-1)
+        k = torch.tensor([k if k else V for k in top_k], device=dev)
+        p = torch.tensor([p if p is not None and p < 1 else 2.0 for p in top_p], device=dev)
+        # keep the k most likely, and the smallest prefix whose mass reaches top_p (mass before < top_p)
+        keep = (torch.arange(V, device=dev)[None, :] < k[:, None]) & ((probs.cumsum(-1) - probs) < p[:, None])
+        probs = probs * keep
+    else:
+        order = None
+        probs = scaled.softmax(dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    picked = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None]).clamp_(max=V - 1)
+    if order is not None:
+        picked = order.gather(1, picked)
+    tokens = torch.where(greedy, logits.argmax(dim=-1), picked[:, 0])
+    return tokens.tolist()
 
 
 class Engine:
@@ -281,21 +313,14 @@ class Engine:
         self._emit(list(range(B)), self._sample(logits, list(range(B))))
 
     def _sample(self, logits: torch.Tensor, slots: list[int]) -> list[int]:
-        """Next token per row; rows with equal settings and no seed are sampled together."""
-        out = [0] * len(slots)
-        groups: dict[tuple, list[int]] = {}
+        """Next token per row, all rows at once; a seeded row draws its uniform from its own generator."""
+        params = [self.running[s].params for s in slots]
+        uniform = torch.rand(len(slots))  # unseeded rows: the global RNG, one call for the batch
         for row, slot in enumerate(slots):
-            p = self.running[slot].params
             if self.generators[slot] is not None:
-                t = sample_next_token(logits[row:row + 1], p.temperature, p.top_k, p.top_p, self.generators[slot])
-                out[row] = int(t[0, 0])
-            else:
-                groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(row)
-        for (temperature, top_k, top_p), rows in groups.items():
-            t = sample_next_token(logits[rows], temperature, top_k, top_p)
-            for row, tok in zip(rows, t[:, 0].tolist()):
-                out[row] = tok
-        return out
+                uniform[row] = torch.rand((), generator=self.generators[slot])
+        return sample_batch(logits, [p.temperature for p in params], [p.top_k for p in params],
+                            [p.top_p for p in params], uniform.to(logits.device))
 
     def _emit(self, slots: list[int], tokens: list[int]) -> None:
         """Deliver each row's new token as text; finish rows that hit a stop or their budget."""

@@ -210,14 +210,19 @@ async def _stream(handle, queue: asyncio.Queue, chunk, n_prompt: int, include_us
             yield _sse(opening)
         while True:
             event = await queue.get()
+            text = event.text
+            # when the client reads slower than the engine decodes, send what has piled up as one chunk
+            while event.finish_reason is None and not queue.empty():
+                event = queue.get_nowait()
+                text += event.text
             if event.error:
                 yield _sse({"error": {"message": event.error, "type": "server_error", "param": None,
                                       "code": "engine_down"}})
                 break
-            if event.text and event.finish_reason is None:
-                yield _sse(chunk(event.text, None))
+            if text and event.finish_reason is None:
+                yield _sse(chunk(text, None))
             if event.finish_reason is not None:
-                yield _sse(chunk(event.text, event.finish_reason))
+                yield _sse(chunk(text, event.finish_reason))
                 if include_usage:
                     yield _sse(chunk(None, None, usage=_usage(n_prompt, event.completion_tokens)))
                 break
@@ -330,9 +335,14 @@ def build_app(ckpt_dir: str | Path, model_name: str | None = None, max_batch_siz
 
 
 def run(ckpt_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, model_name: str | None = None,
-        max_batch_size: int = 16, max_waiting: int = 64, device: str = "cpu", log_level: str = "info") -> None:
+        max_batch_size: int = 16, max_waiting: int = 64, device: str = "cpu", log_level: str = "info",
+        threads: int | None = None) -> None:
     """Serve a checkpoint until interrupted (uvicorn, one process, one engine thread)."""
+    import torch
     import uvicorn
+
+    if threads:
+        torch.set_num_threads(threads)
 
     app = build_app(ckpt_dir, model_name, max_batch_size, max_waiting, device)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
@@ -348,6 +358,8 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--max-batch-size", type=int, default=16, help="requests decoded together per step")
     p.add_argument("--max-waiting", type=int, default=64, help="requests queued beyond the batch; more get 429")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest for tiny models)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_cmd_serve)
     return p
@@ -355,7 +367,7 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     run(args.checkpoint, args.host, args.port, args.model_name, args.max_batch_size, args.max_waiting,
-        args.device, args.log_level)
+        args.device, args.log_level, args.threads)
     return 0
 
 

@@ -223,3 +223,35 @@ def test_bounded_concurrent_load_matches_requests_served_alone(server, client):
     assert all(r.finish_reason in ("length", "stop") for r in results)
     assert [r.text for r in results[:3]] == alone
     assert wait_idle(engine(server))
+
+
+def test_sample_batch_follows_each_rows_settings():
+    """Greedy rows take the argmax; sampled rows follow softmax(logits / T) within their top-k / top-p set."""
+    from lmtrain.engine import sample_batch
+
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(4, 1)
+    n = 4000
+    draws = {row: [] for row in range(4)}
+    for _ in range(n // 4):
+        toks = sample_batch(logits, [0.0, 1.0, 1.0, 1.0], [None, None, 2, None], [None, None, None, 0.7],
+                            torch.rand(4))
+        for row, t in enumerate(toks):
+            draws[row].append(t)
+    assert set(draws[0]) == {0}
+    freq = torch.bincount(torch.tensor(draws[1]), minlength=4).float() / len(draws[1])
+    assert torch.allclose(freq, logits[0].softmax(-1), atol=0.05)
+    assert set(draws[2]) == {0, 1}  # top-k 2
+    assert set(draws[3]) == {0, 1}  # nucleus 0.7: p(0) = 0.64 < 0.7, so token 1 is in, token 2 is not
+
+
+def test_serve_command_binds_loopback_by_default():
+    import argparse
+
+    from lmtrain.serve import add_serve_command
+
+    parser = argparse.ArgumentParser(prog="lmforge")
+    add_serve_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--checkpoint", "runs/sft", "--max-batch-size", "8"])
+    assert (args.host, args.port, args.max_batch_size, args.max_waiting) == ("127.0.0.1", 8000, 8, 64)
+    assert callable(args.func)
