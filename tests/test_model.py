@@ -124,3 +124,12 @@ def test_streaming_never_splits_a_multibyte_character(tokenizer):
             model.token_logits.weight[a, b] = 10.0  # a deterministic byte chain after the prompt "a"
     pieces = list(stream_text(model, tokenizer, "a", max_new_tokens=len(target), temperature=0))
     assert pieces == ["é", "€", "!"]
+
+
+def test_flops_per_token_follows_6n_plus_attention():
+    from lmtrain.flops import flops_per_token
+
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**GPT_CONFIGS["gpt2"]))
+    n = KNOWN_GPT2_PARAMS["gpt2"] - 1024 * 768  # the position table is a lookup, not a matmul
+    assert flops_per_token(model, 1024) == 6 * n + 12 * 12 * 768 * 1024
