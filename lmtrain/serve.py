@@ -331,7 +331,13 @@ def build_app(ckpt_dir: str | Path, model_name: str | None = None, max_batch_siz
     if missing:
         raise ValueError(f"{ckpt_dir}/tokenizer: lacks special tokens {missing} (needed for stops and chat)")
     engine = Engine(model, tokenizer, max_batch_size=max_batch_size, max_waiting=max_waiting)
-    return create_app(engine, model_name or Path(ckpt_dir).resolve().name)
+    return create_app(engine, model_name or default_model_name(ckpt_dir))
+
+
+def default_model_name(ckpt_dir: str | Path) -> str:
+    """The folder's name, or its parent's for the pipeline's `<model>/checkpoint` folders ('gpt', 'sft')."""
+    path = Path(ckpt_dir).resolve()
+    return path.parent.name if path.name == "checkpoint" and path.parent.name else path.name
 
 
 def run(ckpt_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, model_name: str | None = None,
@@ -354,7 +360,8 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--checkpoint", required=True, help="checkpoint folder carrying its tokenizer/ (lmtrain.bundle)")
     p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--model-name", default=None, help="the model id clients use (default: the folder's name)")
+    p.add_argument("--model-name", default=None, help="the model id clients use (default: the folder's name; "
+                   "for a `<name>/checkpoint` folder, <name>)")
     p.add_argument("--max-batch-size", type=int, default=16, help="requests decoded together per step")
     p.add_argument("--max-waiting", type=int, default=64, help="requests queued beyond the batch; more get 429")
     p.add_argument("--device", default="cpu")
