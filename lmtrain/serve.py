@@ -16,7 +16,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Literal
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmtrain.bundle import load_bundle
 from lmtrain.engine import Engine, EngineFull, Event, SamplingParams
+from lmtrain.engine import Request as EngineRequest
 from lmtrain.tokenizer.chat import END_OF_TURN, EOT, render
 
 DEFAULT_HOST = "127.0.0.1"
@@ -153,7 +154,7 @@ class Server:
                               top_p=req.top_p if req.top_p < 1 else None, top_k=req.top_k,
                               stop=req.stop_list(), stop_token_ids=frozenset(stop_ids), seed=req.seed)
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams) -> tuple[object, asyncio.Queue]:
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> tuple[EngineRequest, asyncio.Queue]:
         """Queue the request on the engine; its events arrive on an asyncio queue of this event loop."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -181,7 +182,7 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-async def _collect(handle, queue: asyncio.Queue) -> tuple[str, Event]:
+async def _collect(handle: EngineRequest, queue: asyncio.Queue) -> tuple[str, Event]:
     """All text of a request and its last event (cancels the request if the handler is cancelled)."""
     parts = []
     try:
@@ -200,7 +201,8 @@ def _sse(obj: dict | str) -> str:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def _stream(handle, queue: asyncio.Queue, chunk, n_prompt: int, include_usage: bool) -> AsyncIterator[str]:
+async def _stream(handle: EngineRequest, queue: asyncio.Queue, chunk: Callable, n_prompt: int,
+                  include_usage: bool) -> AsyncIterator[str]:
     """Server-sent events: one chunk per text piece, a last one with finish_reason, then [DONE].
 
     When the client goes away, Starlette cancels this generator; `finally` frees the engine slot.
