@@ -144,7 +144,38 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-EXTRA_COMMANDS: list = []  # later subcommands (sample, chat, serve, ablate) register here
+def cmd_sample(args: argparse.Namespace) -> int:
+    from lmtrain.bundle import load_bundle
+    from lmtrain.sample import stream_text
+
+    model, tok = load_bundle(args.checkpoint)
+    print(args.prompt, end="", flush=True)
+    for piece in stream_text(model, tok, args.prompt, max_new_tokens=args.max_tokens, temperature=args.temperature,
+                             top_k=args.top_k or None, top_p=args.top_p, seed=args.seed):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def add_sample_command(sub) -> None:
+    p = sub.add_parser("sample", help="stream a continuation of a prompt from a checkpoint")
+    p.add_argument("--checkpoint", default="models/pretrain/gpt/checkpoint")
+    p.add_argument("--prompt", default="ROMEO:\n")
+    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=200)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_sample)
+
+
+def add_serve(sub) -> None:
+    from lmtrain.serve import add_serve_command
+
+    add_serve_command(sub)
+
+
+EXTRA_COMMANDS: list = [add_sample_command, add_serve]
 
 
 def main(argv: list[str] | None = None) -> int:
