@@ -3,7 +3,8 @@
 corpus: per shard, language ID then the heuristic rules (Gopher quality + repetition, C4 lines);
 then a fastText quality classifier is trained once (positives: `filter.quality.positive_source`,
 negatives: the rest of the pool after language ID), every shard is scored, and training documents
-below the dataset-wide cut are rejected (`quality`). The evaluation split is scored, never filtered.
+below the dataset-wide cut are rejected (`quality`). The evaluation split passes every rule
+untouched (it is scored, never filtered), so all models and ablations are judged on the same split.
 instructions / comparisons: per-field record rules and language ID on the named fields.
 
     python -m flows.filter corpus|instructions|comparisons [--params params.yaml]
@@ -55,21 +56,25 @@ def configs(params: dict, dataset: str) -> tuple[LangIdConfig, HeuristicsConfig,
 
 
 def rules_step(df: pl.DataFrame, dataset: str, langid: LangIdConfig, heur: HeuristicsConfig) -> StepResult:
-    """First failing rule wins: record rules, then language ID, then (corpus) heuristics."""
+    """First failing rule wins: record rules, then language ID, then (corpus) heuristics. Only the
+    training split is filtered: every model and ablation is judged on the same evaluation split."""
+    df = df.with_row_index("_order")
+    train, held = df.filter(pl.col("split") == "train"), df.filter(pl.col("split") != "train")
     results = []
     if dataset != "corpus":
-        results.append(record_filter(df, dataset))
-        df = results[-1].kept
+        results.append(record_filter(train, dataset))
+        train = results[-1].kept
     if langid.enabled:
-        results.append(langid_filter(df, langid))
-        df = results[-1].kept
+        results.append(langid_filter(train, langid))
+        train = results[-1].kept
     if dataset == "corpus" and heur.enabled:
-        results.append(heuristic_filter(df, heur))
-        df = results[-1].kept
-    if not results:
-        return StepResult(df, empty_rejects(df))
+        results.append(heuristic_filter(train, heur))
+        train = results[-1].kept
+    kept = pl.concat([train, held], how="diagonal_relaxed").sort("_order").drop("_order")
     rejected = [r.rejected for r in results if r.rejected.height]
-    return StepResult(df, pl.concat(rejected, how="diagonal_relaxed") if rejected else results[-1].rejected)
+    if not rejected:
+        return StepResult(kept, empty_rejects(kept))
+    return StepResult(kept, pl.concat(rejected, how="diagonal_relaxed").sort("_order").drop("_order"))
 
 
 @task(name="train-quality-classifier", cache_policy=NO_CACHE)

@@ -141,3 +141,10 @@ def test_weights_for_a_missing_source_fail_clearly(stage_run):
     bad = {**params, "balance": {"corpus": {"mode": "explicit", "weights": {"shakespeare": 0.5, "wikipedia": 0.5}}}}
     with pytest.raises((ConfigError, ValueError), match="wikipedia"):
         balance_stage("corpus", bad)
+
+
+def test_filter_leaves_the_evaluation_split_untouched(stage_run):
+    root = stage_run[0]
+    before = read_all(root / "data" / "dedup" / "corpus").filter(pl.col("split") == "eval")
+    after = read_all(root / "data" / "filter" / "corpus").filter(pl.col("split") == "eval")
+    assert before.height >= 1 and sorted(before["id"]) == sorted(after["id"])
