@@ -35,11 +35,28 @@ def dvc(*args: str, check: bool = True, capture: bool = False) -> subprocess.Com
                           text=True, capture_output=capture)
 
 
+def profile_overrides(path: str) -> list[str]:
+    """`key.sub=value` for every leaf of a profile YAML (what `dvc exp run -S` takes)."""
+    import yaml
+
+    def leaves(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix[:-1]}={json.dumps(node)}"
+
+    return list(leaves(yaml.safe_load(Path(path).read_text()) or {}, ""))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     log = Path(os.environ["PREFECT_HOME"]) / "server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with shared_server(log_path=log) as url:
         print(f"lmforge: Prefect API at {url} (UI: {url.removesuffix('/api')})", flush=True)
+        if args.profile:
+            sets = [a for kv in profile_overrides(args.profile) for a in ("-S", kv)]
+            return dvc("exp", "run", *sets, *args.stages, check=False).returncode
         repro = ["repro", *(["--force"] if args.force else []), *args.stages]
         return dvc(*repro, check=False).returncode
 
@@ -125,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="dvc repro with one shared Prefect server")
     p.add_argument("stages", nargs="*", help="stages to reproduce (default: all)")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--profile", help="a profile YAML (e.g. profiles/gpu.yaml) run as a DVC experiment")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("ui", help="start the Prefect server and UI on 127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
