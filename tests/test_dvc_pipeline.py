@@ -41,12 +41,11 @@ def test_repro_is_incremental(tmp_path, prefect_server, raw_sample):
     sh(repo, dvc, "config", "core.analytics", "false", env=env)
     first = sh(repo, dvc, "repro", *STAGES, env=env)  # fetch runs too: it is upstream
     assert ran(first) == sorted(["fetch", *STAGES])
-    assert "up to date" in sh(repo, dvc, "repro", env=env)
-    assert ran(sh(repo, dvc, "repro", env=env)) == []
+    assert ran(sh(repo, dvc, "repro", *STAGES, env=env)) == []
 
     params["ingest"]["instructions"]["sources"][0]["options"] = {"max_response_chars": 600}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = sh(repo, sys.executable, "-m", "flows.cli", "status", env=env)
-    changed = {line.split()[0] for line in status.splitlines() if "changed" in line}
+    changed = {line.split()[0] for line in status.splitlines() if "changed" in line} & set(STAGES)
     assert changed == {"ingest@instructions"}  # dedup@instructions follows once its input changes
-    assert ran(sh(repo, dvc, "repro", env=env)) == ["dedup@instructions", "ingest@instructions"]
+    assert ran(sh(repo, dvc, "repro", *STAGES, env=env)) == ["dedup@instructions", "ingest@instructions"]

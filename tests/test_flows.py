@@ -102,19 +102,22 @@ def test_real_server_records_flow_run_and_artifact(tmp_path, prefect_server):
     its table artifact back through the REST API."""
     params = params_for(tmp_path, tmp_path / "data", "threads")
     (tmp_path / "params.yaml").write_text(json.dumps(params))
-    proc = subprocess.run([sys.executable, "-m", "flows.ingest", "corpus", "--params", "params.yaml"],
-                          cwd=tmp_path, env=python_env(PREFECT_API_URL=prefect_server, PYTHONPATH=str(ROOT)),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
     with httpx.Client(base_url=prefect_server, timeout=30) as client:
-        runs = client.post("/flow_runs/filter", json={"flow_runs": {"name": {"like_": ""}}}).json()
+        before = {r["id"] for r in client.post("/flow_runs/filter", json={}).json()}
+        proc = subprocess.run([sys.executable, "-m", "flows.ingest", "corpus", "--params", "params.yaml"],
+                              cwd=tmp_path, env=python_env(PREFECT_API_URL=prefect_server, PYTHONPATH=str(ROOT)),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
         flows_ = {f["id"]: f["name"] for f in client.post("/flows/filter", json={}).json()}
-        ingest_runs = [r for r in runs if flows_.get(r["flow_id"]) == "ingest"]
-        assert ingest_runs and ingest_runs[0]["state_type"] == "COMPLETED"
-        tasks = client.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [ingest_runs[0]["id"]]}}}).json()
+        runs = [r for r in client.post("/flow_runs/filter", json={}).json() if r["id"] not in before]
+        assert [flows_[r["flow_id"]] for r in runs] == ["ingest"]
+        run = runs[0]
+        assert run["state_type"] == "COMPLETED"
+        tasks = client.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}).json()
         assert any(t["name"].startswith("ingest-web") for t in tasks)
-        arts = client.post("/artifacts/filter", json={"artifacts": {"key": {"any_": ["ingest-corpus"]}}}).json()
-        assert arts and arts[0]["type"] == "table"
+        arts = client.post("/artifacts/filter", json={"artifacts": {"key": {"any_": ["ingest-corpus"]},
+                                                                    "flow_run_id": {"any_": [run["id"]]}}}).json()
+        assert len(arts) == 1 and arts[0]["type"] == "table"
         table = json.loads(arts[0]["data"]) if isinstance(arts[0]["data"], str) else arts[0]["data"]
         outcomes = {row["outcome"]: row["rows"] for row in table}
         assert outcomes["kept"] == 41 and outcomes["rejected: malformed_json"] == 1
