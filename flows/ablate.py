@@ -1,0 +1,246 @@
+"""Data-quality ablation: every variant of the spec × seeds as a DVC experiment (`dvc exp run --queue
+-S …`, then `dvc queue start`), at fixed compute with one pinned tokenizer; then a DuckDB table, a
+markdown report with verdicts and a PNG plot in `reports/<spec name>/`, also as Prefect artifacts.
+
+    python -m flows.ablate [--spec ablations.yaml] [--seeds 3] [--jobs 2]
+
+Finished runs are not recomputed: an experiment of the same name (variant, seed, params hash) on
+the same base commit is collected as it is; DVC's run-cache restores the stages variants share.
+`dvc exp show` lists every experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+
+from flows._stage import load_params
+from lmdata.ablation import (
+    AblationSpec,
+    Run,
+    Variant,
+    plot_spec,
+    read_results,
+    render_png,
+    render_report,
+    result_row,
+    set_args,
+    write_results,
+)
+
+METRIC_FILES = ("metrics/pretrain.json", "metrics/pretokenize.json", "metrics/tokenizer.json",
+                "metrics/filter/corpus.json", "metrics/dedup/corpus.json", "metrics/balance/corpus.json")
+ACTIVE = ("Queued", "Running")
+DEFAULT_IDENTITY = {"GIT_AUTHOR_NAME": "lmforge ablate", "GIT_AUTHOR_EMAIL": "lmforge-ablate@localhost"}
+
+
+def ablation_env() -> dict:
+    """Environment for git and DVC: venv first on PATH, offline, and a git identity from the
+    environment (GIT_AUTHOR_*/GIT_COMMITTER_*; a neutral default when neither they nor git config
+    give one), so the user's git config is never changed."""
+    env = os.environ.copy()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("DVC_NO_UPDATER", "1")
+    for role in ("AUTHOR", "COMMITTER"):
+        for what, cfg_key in (("NAME", "user.name"), ("EMAIL", "user.email")):
+            key = f"GIT_{role}_{what}"
+            if env.get(key):
+                continue
+            configured = subprocess.run(["git", "config", cfg_key], capture_output=True, text=True, env=env)
+            env[key] = (configured.stdout.strip() or env.get(f"GIT_AUTHOR_{what}")
+                        or DEFAULT_IDENTITY[f"GIT_AUTHOR_{what}"])
+    return env
+
+
+def sh(*cmd: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def dvc_exe() -> str:
+    exe = Path(sys.executable).parent / "dvc"
+    return str(exe) if exe.exists() else "dvc"
+
+
+def ensure_repo(env: dict, extra: tuple[str, ...] = ()) -> str:
+    """The base commit experiments start from. DVC needs a git repo with at least one commit: in a
+    fresh repo, commit the pipeline (never anything else) with the identity from `env`."""
+    if sh("git", "rev-parse", "--is-inside-work-tree", env=env, check=False).returncode != 0:
+        raise RuntimeError(f"{Path.cwd()} is not a git repository: `git init && dvc init` first")
+    if not Path(".dvc").is_dir():
+        raise RuntimeError(f"{Path.cwd()} is not a DVC repository: `dvc init` first")
+    head = sh("git", "rev-parse", "--verify", "-q", "HEAD", env=env, check=False)
+    if head.returncode != 0:
+        paths = [p for p in ("dvc.yaml", "dvc.lock", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore",
+                             ".gitignore", "data/.gitignore", "metrics", "flows", "lmdata", "lmtrain", *extra)
+                 if Path(p).exists()]
+        sh("git", "add", "--", *paths, env=env)
+        sh("git", "commit", "-q", "-m", "lmforge ablate: base commit for DVC experiments", "--", *paths, env=env)
+        head = sh("git", "rev-parse", "HEAD", env=env)
+    return head.stdout.strip()
+
+
+def experiment_refs(base_rev: str, env: dict) -> dict[str, str]:
+    """{experiment name: commit} of the experiments based on `base_rev`."""
+    out = sh("git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps", env=env).stdout
+    prefix = f"refs/exps/{base_rev[:2]}/{base_rev[2:]}/"
+    return {ref.removeprefix(prefix): sha for ref, sha in (line.split() for line in out.splitlines())
+            if ref.startswith(prefix)}
+
+
+def queue_status(env: dict) -> dict[str, str]:
+    """{experiment name: status} from `dvc queue status` (the last row wins for a repeated name)."""
+    out = sh(dvc_exe(), "queue", "status", env=env).stdout
+    status = {}
+    for line in out.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 4 and parts[-1] in (*ACTIVE, "Success", "Failed"):
+            status[parts[1]] = parts[-1]
+    return status
+
+
+@task(name="queue-experiment", cache_policy=NO_CACHE)
+def queue_run(run: Run, target: str, env: dict) -> None:
+    sh(dvc_exe(), "exp", "run", "--queue", "--force", "-n", run.exp_name, *set_args(run.overrides), target, env=env)
+
+
+@task(name="run-queue", cache_policy=NO_CACHE)
+def run_queue(names: list[str], jobs: int, env: dict, poll_s: float = 5.0) -> None:
+    """Start queue workers and wait until none of `names` is queued or running. With more runs than
+    workers, one worker runs the first experiment alone so the stages every variant shares (fetch,
+    ingest) land in the run-cache once instead of once per worker; then the rest run `jobs` at a time."""
+    progress = create_progress_artifact(progress=0.0, key="ablate-progress", description="ablation experiments")
+    warm_up = 1 < jobs < len(names)
+    sh(dvc_exe(), "queue", "start", "-j", str(1 if warm_up else jobs), env=env)
+    widened = not warm_up
+    while True:
+        status = {n: s for n, s in queue_status(env).items() if n in names}
+        done = sum(s not in ACTIVE for s in status.values())
+        update_progress_artifact(progress, progress=100.0 * done / max(1, len(names)))
+        if not widened and done:
+            sh(dvc_exe(), "queue", "start", "-j", str(jobs - 1), env=env)
+            widened = True
+        if all(s not in ACTIVE for s in status.values()):
+            return
+        time.sleep(poll_s)
+
+
+@task(name="collect-experiment", cache_policy=NO_CACHE)
+def collect_run(run: Run, variant: Variant, model: str, base_rev: str, exp_rev: str, env: dict) -> dict:
+    """Read the experiment's metrics files from its commit (they are git-tracked: `cache: false`)."""
+    metrics = {}
+    for path in METRIC_FILES:
+        shown = sh("git", "show", f"{exp_rev}:{path}", env=env, check=False)
+        if shown.returncode == 0:
+            metrics[path] = json.loads(shown.stdout)
+    return result_row(run, variant, metrics, model=model, base_rev=base_rev, exp_rev=exp_rev)
+
+
+def failure_log(name: str, env: dict) -> str:
+    logs = sh(dvc_exe(), "queue", "logs", name, env=env, check=False)
+    return (logs.stdout + logs.stderr)[-1500:]
+
+
+@flow(name="ablate", log_prints=True)
+def ablate(spec_path: str = "ablations.yaml", seeds: int | None = None, jobs: int | None = None,
+           params_path: str = "params.yaml", reports: str = "reports") -> list[dict]:
+    spec = AblationSpec.load(spec_path)
+    spec = spec.with_seeds(seeds) if seeds else spec
+    jobs = jobs or spec.jobs
+    # Seed-major order: runs side by side are different variants, and a variant's later seeds find
+    # its data stages in the run-cache (the seed only changes `pretrain`).
+    runs = sorted(spec.runs(load_params(params_path)), key=lambda r: r.seed)
+    variants = {v.name: v for v in spec.variants}
+    env = ablation_env()
+    base_rev = ensure_repo(env, extra=(spec_path,))
+    out_dir = Path(reports) / spec.name
+    db = out_dir / "results.duckdb"
+    cached = {(r["params_hash"], r["base_rev"]): r for r in read_results(db)}
+    existing = experiment_refs(base_rev, env)
+    pending = [r for r in runs if (r.params_hash, base_rev) not in cached and r.exp_name not in existing]
+    print(f"ablate {spec.name}: {len(runs)} runs ({len(spec.variants)} variants × {spec.seeds} seeds), "
+          f"{len(runs) - len(pending)} already done, {len(pending)} to run, {jobs} at a time; "
+          f"{spec.compute.training_tokens:,} training tokens each")
+    for r in pending:
+        queue_run.with_options(task_run_name=f"queue-{r.exp_name}")(r, spec.target, env)
+    if pending:
+        run_queue([r.exp_name for r in pending], jobs, env)
+        existing = experiment_refs(base_rev, env)
+    rows, failed = [], []
+    for r in runs:
+        if (r.params_hash, base_rev) in cached:
+            rows.append(cached[(r.params_hash, base_rev)])
+        elif r.exp_name in existing:
+            rows.append(collect_run.with_options(task_run_name=f"collect-{r.exp_name}")(
+                r, variants[r.variant], spec.compute.model, base_rev, existing[r.exp_name], env))
+        else:
+            failed.append(r.exp_name)
+    write_results(db, rows)
+    report = render_report(spec, rows)
+    if failed:
+        report += "\n## Failed runs\n\n" + "\n".join(f"- `{n}`" for n in failed) + "\n"
+    (out_dir / "report.md").write_text(report)
+    png = render_png(plot_spec(spec, rows), out_dir / "bpb.png") if rows else None
+    create_markdown_artifact(key=f"ablate-{spec.name}".lower().replace("_", "-"), markdown=report,
+                             description=f"ablation {spec.name}: verdicts per step")
+    create_table_artifact(key=f"ablate-{spec.name}-runs".lower().replace("_", "-"),
+                          table=[{k: v for k, v in r.items() if k != "overrides"} for r in rows])
+    print(f"ablate {spec.name}: report {out_dir / 'report.md'}, plot {png}, table {db} (ablation_runs)")
+    if failed:
+        raise RuntimeError(f"{len(failed)} experiment(s) failed: {failed}; the first one's log:\n"
+                           + failure_log(failed[0], env))
+    return rows
+
+
+def add_ablate_command(subparsers) -> None:
+    """`lmforge ablate --spec ablations.yaml --seeds 3 --jobs 2` (registered by flows/cli.py)."""
+    p = subparsers.add_parser("ablate", help="data-quality ablation: variants × seeds as DVC experiments → report")
+    add_arguments(p)
+    p.set_defaults(func=cmd_ablate)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", default="ablations.yaml", help="ablation spec (YAML)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the spec's)")
+    p.add_argument("--jobs", type=int, default=None, help="experiments run at once (default: the spec's)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--reports", default="reports")
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    """Run the flow with one shared Prefect server, so every stage of every experiment reports to it."""
+    from flows._server import shared_server
+
+    log = Path(os.environ.get("PREFECT_HOME", ".prefect")) / "server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with shared_server(log_path=log) as url:
+        print(f"lmforge ablate: Prefect API at {url}", flush=True)
+        ablate(args.spec, args.seeds, args.jobs, args.params, args.reports)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    return cmd_ablate(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
