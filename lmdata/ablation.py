@@ -419,10 +419,11 @@ def plot_spec(spec: AblationSpec, rows: list[dict], metric: str = "eval_bpb") ->
              "hi": stats[r["variant"]]["mean"] + (stats[r["variant"]]["std"] or 0)} for r in rows if r["variant"] in stats]
     x = {"field": "variant", "type": "nominal", "sort": order, "title": None, "axis": {"labelAngle": -30}}
     return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "width": 60 * max(3, len(order)),
-            "height": 260, "title": f"{spec.name}: {metric} per variant (mean ± std over seeds; dots = seeds)",
+            "height": 260, "title": {"text": f"{spec.name}: {metric} per variant",
+                                          "subtitle": "mean ± std over seeds; small dots: one per seed"},
             "data": {"values": data}, "layer": [
                 {"mark": {"type": "errorbar", "ticks": True},
-                 "encoding": {"x": x, "y": {"field": "lo", "type": "quantitative", "scale": {"zero": False},
+                 "encoding": {"x": x, "y": {"field": "lo", "type": "quantitative", "scale": {"zero": False, "padding": 12},
                                             "title": metric}, "y2": {"field": "hi"}}},
                 {"mark": {"type": "point", "filled": True, "size": 80, "color": "black"},
                  "encoding": {"x": x, "y": {"field": "mean", "type": "quantitative"}}},
