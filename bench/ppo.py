@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -91,7 +92,7 @@ def main() -> None:
         {"measure": "ppo_updates_per_s", "ours": round(upd_c, 3), "baseline": base, "baseline_value": round(upd_f, 3),
          "unit": "minibatch updates/s", "ratio": round(upd_c / upd_f, 3)},
     ]
-    result = {"benchmark": "ppo", "quick": args.quick, "threads": args.threads, "machine": platform.processor(),
+    result = {"benchmark": "ppo", "quick": args.quick, "threads": args.threads, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "profile": {"model": "gpt tiny 4x128, vocab 4096, block 128", "prompt_tokens": 24,
                           "max_new_tokens": cfg.max_new_tokens, "rows_per_prompt": cfg.samples_per_prompt,
                           "prompts_per_step": cfg.prompts_per_step, "ppo_epochs": cfg.ppo_epochs,

@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from lmtrain.model import GPT
-from lmtrain.reward import select_subset
+from lmtrain.reward import select_subset, training_pairs
 from lmtrain.sft import (
     cosine_lr,
     load_gpt,
@@ -37,14 +37,16 @@ class DPOConfig:
 
     beta: float = 0.1  # strength of the implicit KL constraint
     label_smoothing: float = 0.0  # conservative DPO: assumed share of flipped labels
-    epochs: int = 3
+    epochs: int = 6
     batch_size: int = 8  # pairs per optimizer step
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 3
     grad_clip: float = 1.0
     max_response_tokens: int = 64
     subset: str = "all"  # all | half_a | half_b (see lmtrain.reward.select_subset)
+    mirror_pairs: bool = True  # as RewardConfig.mirror_pairs: the policy must read the prompt
+    drop_unmirrored: bool = True  # as RewardConfig.drop_unmirrored
     seed: int = 1337
     threads: int = 0
 
@@ -92,8 +94,10 @@ def train_dpo(cfg: DPOConfig, sft_ckpt: str | Path, train_dir: str | Path, eval_
             out.append(((c[cut:], len(pr) - cut), (r[cut:], len(pr) - cut)))
         return out
 
-    train = encode(select_subset(read_comparisons(train_dir, "train"), cfg.subset))
-    held = encode(read_comparisons(eval_dir, "eval"))
+    held_pairs = read_comparisons(eval_dir, "eval")
+    fit, info = training_pairs(select_subset(read_comparisons(train_dir, "train"), cfg.subset), held_pairs,
+                               cfg.mirror_pairs, cfg.drop_unmirrored)
+    train, held = encode(fit), encode(held_pairs)
     if not train:
         raise ValueError(f"{train_dir}: no training comparisons in subset {cfg.subset!r}")
 
@@ -132,7 +136,7 @@ def train_dpo(cfg: DPOConfig, sft_ckpt: str | Path, train_dir: str | Path, eval_
             history.append(rec)
             if on_progress is not None:
                 on_progress({**rec, "max_steps": total})
-    metrics: dict = {"steps": step, "train_pairs": len(train), "train_loss": history[-1]["loss"] if history else None}
+    metrics: dict = {"steps": step, "train_pairs": len(train), **info, "train_loss": history[-1]["loss"] if history else None}
     if held:
         hc, hr = ref_logps(held)
         with torch.no_grad():

@@ -33,7 +33,7 @@ from lmtrain.tokenizer.chat import END_OF_TURN, EOT, render
 class SFTConfig:
     """params.yaml `sft` section; defaults fit the tiny CPU profile (~70 conversations, ~1 minute)."""
 
-    epochs: int = 4  # passes over the training conversations
+    epochs: int = 8  # passes over the training conversations
     batch_size: int = 8  # conversations per optimizer step
     learning_rate: float = 3e-4  # peak; ~1/3 of pretraining's, the model already speaks the language
     min_lr_ratio: float = 0.1  # cosine decay to learning_rate * min_lr_ratio

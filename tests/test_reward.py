@@ -9,6 +9,7 @@ from lmtrain.reward import (
     RewardModel,
     bradley_terry_loss,
     calibration_table,
+    mirror,
     pair_half,
     pairwise_accuracy,
     select_subset,
@@ -51,3 +52,16 @@ def test_reward_model_reads_the_last_real_token_and_round_trips(tmp_path):
         alone = rm(torch.tensor([[5, 6, 7]]), torch.tensor([3]))
     assert torch.allclose(both[0], alone[0], atol=1e-6)
     assert not torch.allclose(both[0], both[1])
+
+
+def test_mirror_swaps_a_pair_under_the_prompt_its_rejected_reply_answers():
+    pairs = [{"id": "a", "prompt": "pa", "chosen": "A", "rejected": "B"},
+             {"id": "b", "prompt": "pb", "chosen": "B", "rejected": "C"},
+             {"id": "c", "prompt": "pc", "chosen": "C", "rejected": "Z"}]  # Z answers no training prompt
+    got = mirror(pairs)
+    assert got == [{"id": "a/mirror", "prompt": "pb", "chosen": "B", "rejected": "A"},
+                   {"id": "b/mirror", "prompt": "pc", "chosen": "C", "rejected": "B"}]
+    # with the unmirrored pair dropped, every reply is chosen exactly as often as rejected
+    fit = pairs[:2] + got
+    for reply in "ABC":
+        assert sum(p["chosen"] == reply for p in fit) == sum(p["rejected"] == reply for p in fit)
