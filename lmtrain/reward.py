@@ -272,6 +272,16 @@ def train_reward(cfg: RewardConfig, sft_ckpt: str | Path, train_dir: str | Path,
     return metrics
 
 
+def train_judge(cfg: RewardConfig, sft_ckpt: str | Path, train_dir: str | Path, eval_dir: str | Path,
+                out_dir: str | Path, on_progress: Callable[[dict], None] | None = None) -> dict:
+    """The judge: `train_reward` on cfg.judge_subset with cfg.judge_seed (only ever used to grade policies)."""
+    if cfg.judge_subset == cfg.subset and cfg.subset != "all":
+        raise ValueError(f"reward.judge_subset {cfg.judge_subset!r} equals reward.subset: the judge must not "
+                         f"share the reward model's pairs")
+    return train_reward(cfg, sft_ckpt, train_dir, eval_dir, out_dir, seed=cfg.judge_seed, subset=cfg.judge_subset,
+                        on_progress=on_progress)
+
+
 def save_reward_model(ckpt_dir: str | Path, model: RewardModel, tok_source: str | Path, meta: dict) -> Path:
     """Backbone as a bundle, head as safetensors, metadata as JSON."""
     ckpt_dir = save_bundle(ckpt_dir, model.backbone, tok_source)

@@ -16,7 +16,7 @@ from lmtrain.checkpoint import save_checkpoint
 from lmtrain.dpo import DPOConfig, train_dpo
 from lmtrain.model import build_model
 from lmtrain.ppo import LOG_FIELDS, PPOConfig, train_ppo
-from lmtrain.reward import RewardConfig, load_reward_model, score_ids, train_reward
+from lmtrain.reward import RewardConfig, load_reward_model, score_ids, train_judge, train_reward
 from lmtrain.sft import SFTConfig, load_gpt, train_sft
 from lmtrain.tokenizer import train_bpe
 
@@ -68,8 +68,7 @@ def chain(tmp_path_factory) -> dict:
     sft = root / "sft" / "checkpoint"
     rcfg = RewardConfig(epochs=3, batch_size=3, learning_rate=1e-3)
     out["rm"] = train_reward(rcfg, sft, root / "cmp", root / "cmp", root / "rm")
-    out["judge"] = train_reward(rcfg, sft, root / "cmp", root / "cmp", root / "judge", seed=rcfg.judge_seed,
-                                subset=rcfg.judge_subset)
+    out["judge"] = train_judge(rcfg, sft, root / "cmp", root / "cmp", root / "judge")
     pcfg = PPOConfig(steps=3, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=8, minibatch_size=2,
                      learning_rate=1e-3)
     out["ppo"] = train_ppo(pcfg, sft, root / "rm" / "checkpoint", root / "ins", root / "ppo")
