@@ -193,7 +193,23 @@ def add_serve(sub) -> None:
     add_serve_command(sub)
 
 
-EXTRA_COMMANDS: list = [add_sample_command, add_serve]
+def cmd_chat(args: argparse.Namespace) -> int:
+    from lmtrain.chat import chat_loop
+
+    chat_loop(args.checkpoint, max_new_tokens=args.max_tokens, temperature=args.temperature, system=args.system)
+    return 0
+
+
+def add_chat_command(sub) -> None:
+    p = sub.add_parser("chat", help="a terminal conversation with a chat checkpoint (/reset, /exit)")
+    p.add_argument("--checkpoint", default="models/ppo/checkpoint")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--system", default=None)
+    p.set_defaults(func=cmd_chat)
+
+
+EXTRA_COMMANDS: list = [add_sample_command, add_serve, add_chat_command]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -184,7 +184,10 @@ def ingest_source(spec: dict, dataset: str, cfg: IngestConfig, out_dir: Path) ->
     by_reason: Counter[str] = Counter()
     splits: Counter[str] = Counter()
     rows_in = kept_bytes = 0
-    for rec in READERS[spec["type"]](spec, dataset, cfg.invalid_utf8):
+    def split_of(group: str) -> str:  # lets derived-data readers keep pairs within one split
+        return "eval" if is_eval(group, fraction, cfg.eval_salt, forced) else "train"
+
+    for rec in READERS[spec["type"]]({**spec, "_split_of": split_of}, dataset, cfg.invalid_utf8):
         rows_in += 1
         if isinstance(rec, BadRecord):
             rejected.add(reject_row(rec.source, rec.locator, rec.reason, rec.detail, rec.raw),

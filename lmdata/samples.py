@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lmdata.text import decode_utf8, normalise_text
@@ -180,13 +180,20 @@ def pydoc_instruction_records(path: Path, max_response_chars: int = 1200) -> Ite
                {"topic": topic, "derived": True})
 
 
-def pydoc_comparison_records(path: Path, max_response_chars: int = 1200) -> Iterator[Sample]:
+def pydoc_comparison_records(path: Path, max_response_chars: int = 1200,
+                             split_of: Callable[[str], str] | None = None) -> Iterator[Sample]:
     """Chosen = the right topic's text; rejected = the text of the topic whose (truncated) length
-    is nearest, so that length alone cannot tell them apart (derived, one pair per topic)."""
+    is nearest, so that length alone cannot tell them apart (derived, one pair per topic).
+
+    `split_of(group)` (given by ingest) keeps the rejected text on the pair's own side of the
+    evaluation split: otherwise held-out answers appear as training pairs' rejected texts and a
+    reward model learns "familiar answer = good" instead of "right answer = good"."""
     topics = [(t, truncate_at_paragraph(x, max_response_chars)) for t, x in _topics(path)]
     topics = [(t, x) for t, x in topics if x]
+    side = {t: split_of(f"pydoc:{t}") if split_of else "train" for t, _ in topics}
     for i, (topic, chosen) in enumerate(topics, start=1):
-        others = [(abs(len(x) - len(chosen)), t, x) for t, x in topics if t != topic and x != chosen]
+        others = [(abs(len(x) - len(chosen)), t, x) for t, x in topics
+                  if t != topic and x != chosen and side[t] == side[topic]]
         if not others:
             continue
         _, other, rejected = min(others)

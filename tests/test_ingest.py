@@ -225,3 +225,14 @@ def test_real_sample_derived_instructions_and_comparisons(tmp_path, raw_sample):
     assert 0.8 < ratio < 1.25  # length alone cannot tell chosen from rejected
     # the same topic lands on the same side in every dataset
     assert dict(zip(inst["group"], inst["split"])) == dict(zip(comp["group"], comp["split"]))
+
+
+def test_derived_comparisons_never_mix_splits(tmp_path, raw_sample):
+    _, comp, _ = run(tmp_path, "comparisons", _sample_params(raw_sample, "comparisons"), eval_fraction=0.3)
+    split_of_text = {}
+    for row in comp.iter_rows(named=True):
+        split_of_text[row["chosen"]] = row["split"]
+    for row in comp.iter_rows(named=True):
+        if row["rejected"] in split_of_text:
+            assert split_of_text[row["rejected"]] == row["split"]
+    assert set(comp["split"]) == {"train", "eval"}

@@ -1,0 +1,147 @@
+"""Stages `sft`, `reward`, `ppo`, `dpo` and `align_eval`: the InstructGPT chain on the balanced
+instruction and comparison data. One Prefect flow per DVC stage; logic in lmtrain.
+
+    python -m flows.align sft|reward|ppo|dpo|evaluate [--params params.yaml]
+
+The reward stage trains two models on disjoint halves of the comparisons: `reward` (optimised by
+PPO) and `judge` (another seed; used only to grade policies in `align_eval`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+
+from flows._stage import load_params
+from lmdata.atomic import write_json
+from lmdata.readers import ConfigError
+from lmtrain.align_eval import AlignEvalConfig, evaluate_alignment
+from lmtrain.dpo import DPOConfig, train_dpo
+from lmtrain.ppo import PPOConfig, train_ppo
+from lmtrain.reward import RewardConfig, train_judge, train_reward
+from lmtrain.sft import SFTConfig, train_sft
+
+INSTRUCTIONS = Path("data/balance/instructions")
+COMPARISONS = Path("data/balance/comparisons")
+OUT = Path("models")
+
+
+def config(cls, params: dict, section: str):
+    """A config dataclass from `params[section]`; unknown keys fail before any work."""
+    values = params.get(section, {}) or {}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"params {section}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def progress(key: str, total: int | None):
+    """An on_progress callback that moves a Prefect progress artifact."""
+    artifact = create_progress_artifact(progress=0.0, key=key, description=key)
+
+    def update(p: dict) -> None:
+        step, n = p.get("step"), p.get("max_steps") or total
+        if step is not None and n:
+            update_progress_artifact(artifact, progress=min(100.0, 100.0 * step / n))
+
+    return update
+
+
+def scalars(m: dict) -> dict:
+    """The JSON-friendly scalar metrics (lists such as samples go to artifacts instead)."""
+    return {k: v for k, v in m.items() if isinstance(v, int | float | str | bool) or v is None}
+
+
+@flow(name="sft", log_prints=True)
+def sft(params: dict) -> dict:
+    cfg = config(SFTConfig, params, "sft")
+    m = train_sft(cfg, OUT / "pretrain/gpt/checkpoint", INSTRUCTIONS, INSTRUCTIONS, OUT / "sft",
+                  on_progress=progress("sft-progress", None))
+    write_json("metrics/sft.json", scalars(m))
+    samples = OUT / "sft" / "samples.md"
+    if samples.exists():
+        create_markdown_artifact(key="sft-samples", markdown=samples.read_text())
+    print(f"sft: held-out loss {m['eval_loss_before']:.3f} -> {m['eval_loss']:.3f}")
+    return m
+
+
+@flow(name="reward", log_prints=True)
+def reward(params: dict) -> dict:
+    cfg = config(RewardConfig, params, "reward")
+    rm = train_reward(cfg, OUT / "sft/checkpoint", COMPARISONS, COMPARISONS, OUT / "reward",
+                      on_progress=progress("reward-progress", None))
+    judge = train_judge(cfg, OUT / "sft/checkpoint", COMPARISONS, COMPARISONS, OUT / "judge",
+                        on_progress=progress("judge-progress", None))
+    metrics = {**scalars(rm), "calibration": rm.get("calibration"), "judge": scalars(judge)}
+    write_json("metrics/reward.json", metrics)
+    rows = ["| | accuracy | length-matched accuracy | mean margin |", "|---|---:|---:|---:|"]
+    for name, m in (("reward", rm), ("judge", judge)):
+        rows.append(f"| {name} | {m['accuracy']:.3f} | {m.get('length_matched_accuracy')} | "
+                    f"{m.get('mean_margin', 0):.3f} |")
+    create_markdown_artifact(key="reward-report", markdown="\n".join(["# reward models (held-out pairs)", "", *rows]))
+    print(f"reward: accuracy {rm['accuracy']:.3f}, judge {judge['accuracy']:.3f}")
+    return metrics
+
+
+@flow(name="ppo", log_prints=True)
+def ppo(params: dict) -> dict:
+    cfg = config(PPOConfig, params, "ppo")
+    m = train_ppo(cfg, OUT / "sft/checkpoint", OUT / "reward/checkpoint", INSTRUCTIONS, OUT / "ppo",
+                  on_progress=progress("ppo-progress", cfg.steps))
+    write_json("metrics/ppo.json", scalars(m))
+    log = OUT / "ppo" / "log.csv"
+    plots = Path("plots/ppo")
+    plots.mkdir(parents=True, exist_ok=True)
+    if log.exists():
+        (plots / "log.csv").write_text(log.read_text())
+    if m.get("stopped"):
+        print(f"ppo stopped early: {m['stopped']} (the last good checkpoint was kept)")
+    print(f"ppo: score {m.get('last_score')}, KL {m.get('last_kl')}")
+    return m
+
+
+@flow(name="dpo", log_prints=True)
+def dpo(params: dict) -> dict:
+    cfg = config(DPOConfig, params, "dpo")
+    m = train_dpo(cfg, OUT / "sft/checkpoint", COMPARISONS, COMPARISONS, OUT / "dpo",
+                  on_progress=progress("dpo-progress", None))
+    write_json("metrics/dpo.json", scalars(m))
+    print(f"dpo: held-out loss {m.get('eval_loss')}")
+    return m
+
+
+@flow(name="align-eval", log_prints=True)
+def align_eval(params: dict) -> dict:
+    cfg = config(AlignEvalConfig, params, "align_eval")
+    m = evaluate_alignment(cfg, OUT / "sft/checkpoint", {"ppo": OUT / "ppo/checkpoint", "dpo": OUT / "dpo/checkpoint"},
+                           OUT / "judge/checkpoint", INSTRUCTIONS, OUT / "align_eval")
+    markdown = m.pop("markdown", "")
+    write_json("metrics/align_eval.json", json.loads(json.dumps(m, default=str)))
+    create_markdown_artifact(key="align-eval-samples", markdown=markdown or "(no samples)")
+    for name in ("ppo", "dpo"):
+        if name in m:
+            p = m[name]
+            print(f"{name}: judge win rate vs SFT {p['win_rate']:.3f}, KL {p['kl_to_reference']:.2f}, "
+                  f"length {p['mean_length']:.1f}{' (wins by length)' if p.get('wins_by_length') else ''}")
+    return m
+
+
+STAGES = {"sft": sft, "reward": reward, "ppo": ppo, "dpo": dpo, "evaluate": align_eval}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("stage", choices=sorted(STAGES))
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    return STAGES[args.stage](load_params(args.params))
+
+
+if __name__ == "__main__":
+    main()

