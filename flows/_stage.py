@@ -102,6 +102,19 @@ def publish_metrics(stage: str, dataset: str | None, metrics: dict, markdown: st
         create_markdown_artifact(key=f"{key}-report", markdown=markdown)
 
 
+def dataset_main(stage_flow, description: str, argv: list[str] | None = None) -> dict:
+    """Command line of a per-dataset stage: `python -m flows.<stage> DATASET [--params FILE]`,
+    run with the task runner `runner` in params names."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("dataset", choices=["corpus", "instructions", "comparisons"])
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    return stage_flow.with_options(task_runner=task_runner(params))(args.dataset, params)
+
+
 def staged(out: Path):
     """Alias of `atomic_dir` for flows that write a whole output folder at once."""
     return atomic_dir(out)

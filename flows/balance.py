@@ -7,7 +7,6 @@ whole-epoch up-sampling with a cap (a `repeats` column), deterministic down-samp
 
 from __future__ import annotations
 
-import argparse
 import functools
 import tempfile
 import time
@@ -17,7 +16,7 @@ import polars as pl
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows._stage import data_root, load_params, map_shards, publish_metrics, task_runner
+from flows._stage import data_root, dataset_main, map_shards, publish_metrics
 from lmdata.atomic import atomic_dir
 from lmdata.augment import AugmentConfig, prompt_variants, shuffle_pairs, upsample_source
 from lmdata.balance import BalanceConfig, apply_plan, balance_index, plan_repeats, validate_weights
@@ -77,12 +76,7 @@ def balance_stage(dataset: str, params: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset", choices=["corpus", "instructions", "comparisons"])
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
-    return balance_stage.with_options(task_runner=task_runner(params))(args.dataset, params)
+    return dataset_main(balance_stage, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

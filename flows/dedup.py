@@ -9,7 +9,6 @@ decisions. Then one task per shard splits it into kept and rejected rows.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import tempfile
 import time
@@ -19,7 +18,7 @@ import polars as pl
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows._stage import data_root, load_params, map_shards, publish_metrics, task_runner
+from flows._stage import data_root, dataset_main, map_shards, publish_metrics
 from lmdata.atomic import atomic_dir
 from lmdata.dedup import DedupConfig, find_duplicates, load_index, members_needed, sign_shard, with_snippets
 from lmdata.runner import summarise
@@ -111,12 +110,7 @@ def dedup(dataset: str, params: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset", choices=["corpus", "instructions", "comparisons"])
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
-    return dedup.with_options(task_runner=task_runner(params))(args.dataset, params)
+    return dataset_main(dedup, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

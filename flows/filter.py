@@ -12,7 +12,6 @@ instructions / comparisons: per-field record rules and language ID on the named 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import shutil
@@ -25,7 +24,7 @@ import polars as pl
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows._stage import data_root, load_params, map_shards, publish_metrics, task_runner
+from flows._stage import data_root, dataset_main, map_shards, publish_metrics
 from lmdata.atomic import atomic_dir, write_json
 from lmdata.filters.heuristics import HeuristicsConfig, heuristic_filter, record_filter
 from lmdata.filters.langid import LangIdConfig, langid_filter
@@ -154,12 +153,7 @@ def filter_stage(dataset: str, params: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset", choices=["corpus", "instructions", "comparisons"])
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
-    return filter_stage.with_options(task_runner=task_runner(params))(args.dataset, params)
+    return dataset_main(filter_stage, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows._stage import data_root, load_params, publish_metrics, task_runner
+from flows._stage import data_root, dataset_main, publish_metrics
 from lmdata.atomic import atomic_dir
 from lmdata.ingest import IngestConfig, ingest_source
 from lmdata.runner import summarise
@@ -48,12 +47,7 @@ def ingest(dataset: str, params: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset", choices=["corpus", "instructions", "comparisons"])
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
-    return ingest.with_options(task_runner=task_runner(params))(args.dataset, params)
+    return dataset_main(ingest, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ give the same candidate pairs (tested); `minhash.to_lean` gives datasketch objec
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace, asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
