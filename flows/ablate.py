@@ -106,13 +106,15 @@ def experiment_refs(base_rev: str, env: dict) -> dict[str, str]:
 
 
 def queue_status(env: dict) -> dict[str, str]:
-    """{experiment name: status} from `dvc queue status` (the last row wins for a repeated name)."""
+    """{experiment name: status} from `dvc queue status`. A name can be listed twice (an earlier run on
+    another base commit): it counts as active while any of its rows is queued or running."""
     out = sh(dvc_exe(), "queue", "status", env=env).stdout
-    status = {}
+    status: dict[str, str] = {}
     for line in out.splitlines()[1:]:
         parts = line.split()
         if len(parts) >= 4 and parts[-1] in (*ACTIVE, "Success", "Failed"):
-            status[parts[1]] = parts[-1]
+            if status.get(parts[1]) not in ACTIVE:
+                status[parts[1]] = parts[-1]
     return status
 
 
@@ -123,20 +125,13 @@ def queue_run(run: Run, target: str, env: dict) -> None:
 
 @task(name="run-queue", cache_policy=NO_CACHE)
 def run_queue(names: list[str], jobs: int, env: dict, poll_s: float = 5.0) -> None:
-    """Start queue workers and wait until none of `names` is queued or running. With more runs than
-    workers, one worker runs the first experiment alone so the stages every variant shares (fetch,
-    ingest) land in the run-cache once instead of once per worker; then the rest run `jobs` at a time."""
+    """Start `jobs` queue workers and wait until none of `names` is queued or running."""
     progress = create_progress_artifact(progress=0.0, key="ablate-progress", description="ablation experiments")
-    warm_up = 1 < jobs < len(names)
-    sh(dvc_exe(), "queue", "start", "-j", str(1 if warm_up else jobs), env=env)
-    widened = not warm_up
+    sh(dvc_exe(), "queue", "start", "-j", str(jobs), env=env)
     while True:
         status = {n: s for n, s in queue_status(env).items() if n in names}
         done = sum(s not in ACTIVE for s in status.values())
         update_progress_artifact(progress, progress=100.0 * done / max(1, len(names)))
-        if not widened and done:
-            sh(dvc_exe(), "queue", "start", "-j", str(jobs - 1), env=env)
-            widened = True
         if all(s not in ACTIVE for s in status.values()):
             return
         time.sleep(poll_s)
