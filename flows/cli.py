@@ -209,7 +209,23 @@ def add_chat_command(sub) -> None:
     p.set_defaults(func=cmd_chat)
 
 
-EXTRA_COMMANDS: list = [add_sample_command, add_serve, add_chat_command]
+def add_ablate(sub) -> None:
+    p = sub.add_parser("ablate", help="data-quality ablation grid as DVC experiments, with a report")
+    p.add_argument("--spec", default="ablations.yaml")
+    p.add_argument("--seeds", type=int, default=None)
+    p.add_argument("--jobs", type=int, default=None)
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--reports", default="reports")
+
+    def run(args: argparse.Namespace) -> int:
+        from flows.ablate import cmd_ablate  # imports Prefect: only when the command runs
+
+        return cmd_ablate(args)
+
+    p.set_defaults(func=run)
+
+
+EXTRA_COMMANDS: list = [add_sample_command, add_serve, add_chat_command, add_ablate]
 
 
 def main(argv: list[str] | None = None) -> int:
