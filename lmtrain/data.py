@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FORMAT = "lmforge-tokens-v1"
+from lmtrain.tokenizer.tokens import FORMAT, token_dtype  # one definition of the shard format
+
 SIDECAR_FIELDS = ("format", "vocab_size", "dtype", "tokens", "bytes", "documents", "tokenizer_hash", "eot_id")
 
 
@@ -23,7 +24,7 @@ def write_shard(path: str | Path, tokens: np.ndarray | list[int], vocab_size: in
                 documents: int, eot_id: int, tokenizer_hash: str = "") -> Path:
     """Write `<path>.bin` and its `<path>.json` sidecar (used by tests; the pretokenize stage has its own)."""
     path = Path(path).with_suffix("")
-    dtype = np.uint16 if vocab_size <= 65536 else np.uint32
+    dtype = token_dtype(vocab_size)
     arr = np.asarray(tokens, dtype=dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
     arr.tofile(path.with_suffix(".bin"))
