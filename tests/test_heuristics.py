@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from lmdata.filters.heuristics import HeuristicsConfig, check_text, heuristic_filter, record_filter
+from lmdata.filters.heuristics import HeuristicsConfig, check_text, heuristic_filter, record_filter, rule_names
 
 # Plain prose: ~120 words, varied, full sentences ending in terminal punctuation.
 CLEAN = "\n".join([
@@ -21,6 +21,7 @@ CLEAN = "\n".join([
 ])
 
 CFG = HeuristicsConfig(disabled_rules=[])  # every rule on, published thresholds
+CFG_RULES = rule_names(CFG)
 
 
 def words(n: int) -> str:
@@ -125,3 +126,22 @@ def test_record_rules_for_instructions_and_comparisons():
     cmp_ = pl.DataFrame({"id": ["1", "2"], "prompt": ["p", "p"], "chosen": ["a", "same"],
                          "rejected": ["b", "same "]})
     assert record_filter(cmp_, "comparisons").rejected["reason"].to_list() == ["chosen_equals_rejected"]
+
+
+ALONE = {  # documents for rules that other rules would catch first: each checked with only its rule on
+    "gopher_dup_para_char_frac": "\n\n".join([CLEAN, CLEAN.split("\n")[0], "Short note.", CLEAN]),
+    "gopher_top_3gram": CLEAN + " " + " ".join(["quiet old mill"] * 40),
+    "gopher_top_4gram": CLEAN + " " + " ".join(["the quiet old mill"] * 30),
+    **{f"gopher_dup_{n}gram": CLEAN + "\n" + CLEAN.replace("\n", " ") for n in range(6, 11)},
+    "c4_long_word": CLEAN + "\n" + "\n".join(f"Line {i} holds {'x' * 1001} as one word." for i in range(12)),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(ALONE))
+def test_rule_fires_alone_and_can_be_switched_off(rule):
+    others = [r for r in CFG_RULES if r not in (rule, "empty")]
+    only = HeuristicsConfig(disabled_rules=others)
+    assert check_text(CLEAN, only)[:2] == (None, None)
+    reason, value, _ = check_text(ALONE[rule], only)
+    assert reason == rule and value is not None
+    assert check_text(ALONE[rule], HeuristicsConfig(disabled_rules=[*others, rule]))[0] is None

@@ -343,7 +343,7 @@ def _dup_rule(n: int) -> Callable[[TextView, HeuristicsConfig], float | None]:
 def c4_line_failure(line: str, c: HeuristicsConfig, disabled: set[str]) -> str | None:
     """The first C4 line rule `line` fails (after stripping), or None."""
     words = line.split()
-    if any(len(w) > c.c4_max_word_length for w in words):
+    if "c4_long_word" not in disabled and any(len(w) > c.c4_max_word_length for w in words):
         return "c4_long_word"
     line = CITATION_RE.sub("", line)
     if "c4_terminal_punct" not in disabled and (not line.endswith(C4_TERMINAL) or line.endswith("...")):
@@ -401,7 +401,7 @@ def doc_rules(c: HeuristicsConfig) -> dict[str, Callable[[TextView, HeuristicsCo
     return {r.__name__: r for r in rules}
 
 
-C4_RULES = ("c4_terminal_punct", "c4_min_words_per_line", "c4_javascript", "c4_lorem_ipsum",
+C4_RULES = ("c4_long_word", "c4_terminal_punct", "c4_min_words_per_line", "c4_javascript", "c4_lorem_ipsum",
             "c4_curly_bracket", "c4_min_sentences")
 
 
