@@ -96,3 +96,16 @@ def test_bad_positive_source_fails_before_training(pool, tmp_path):
         QualityConfig.from_dict({"keep_mode": "best"})
     with pytest.raises(ValueError, match="epoch"):
         QualityConfig.from_dict({"epoch": 2.5})
+
+
+def test_holdout_is_stratified_by_source():
+    from lmdata.filters.quality import holdout_groups
+
+    sources = ["big"] * 20 + ["small"] * 3 + ["single"] * 2
+    groups = [f"b{i}" for i in range(20)] + ["s0", "s1", "s2"] + ["one", "one"]  # "single": one group, 2 docs
+    held = holdout_groups(sources, groups, QualityConfig(positive_source="big", holdout_fraction=0.2))
+    assert len([g for g in held if g.startswith("b")]) == 4  # ceil(0.2 x 20)
+    assert len([g for g in held if g.startswith("s")]) == 1  # at least one of a small source
+    assert "one" not in held  # a source with a single group keeps it for training
+    assert held == holdout_groups(sources[::-1], groups[::-1], QualityConfig(positive_source="big",
+                                                                              holdout_fraction=0.2))

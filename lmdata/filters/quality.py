@@ -73,6 +73,22 @@ def chunk_words(text: str, size: int, min_words: int) -> list[str]:
     return [c for c in chunks if len(c.split()) >= min_words]
 
 
+def holdout_groups(sources: list[str], groups: list[str], cfg: QualityConfig) -> set[str]:
+    """Held-out groups, stratified by source: in each source, the ceil(holdout_fraction x n) groups
+    of lowest hash (at least one when the source has two or more groups, none when it has one), so
+    that every source with more than one group gets a held-out accuracy."""
+    by_source: dict[str, set[str]] = {}
+    for s, g in zip(sources, groups):
+        by_source.setdefault(s, set()).add(g)
+    held: set[str] = set()
+    for gs in by_source.values():
+        if len(gs) < 2 or cfg.holdout_fraction <= 0:
+            continue
+        k = min(len(gs) - 1, max(1, math.ceil(cfg.holdout_fraction * len(gs))))
+        held.update(sorted(gs, key=lambda g: (_unit_hash(g, cfg.seed), g))[:k])
+    return held
+
+
 def training_examples(df: pl.DataFrame, cfg: QualityConfig) -> pl.DataFrame:
     """One row per chunk: source, label, holdout flag, chunk text (train split only)."""
     sources = set(df["source"].unique().to_list())
@@ -83,8 +99,10 @@ def training_examples(df: pl.DataFrame, cfg: QualityConfig) -> pl.DataFrame:
         raise ValueError(f"filter.quality: no negative source left after language ID (only {sorted(sources)})")
     group_col = "group" if "group" in df.columns else "id"
     rows = []
-    for r in df.filter(pl.col("split") == "train").select("id", "source", group_col, "text").iter_rows():
-        held = _unit_hash(r[2], cfg.seed) < cfg.holdout_fraction
+    train_df = df.filter(pl.col("split") == "train").select("id", "source", group_col, "text")
+    held_groups = holdout_groups(train_df["source"].to_list(), train_df[group_col].to_list(), cfg)
+    for r in train_df.iter_rows():
+        held = r[2] in held_groups
         label = POS if r[1] == cfg.positive_source else NEG
         for k, chunk in enumerate(chunk_words(r[3], cfg.chunk_words, cfg.min_chunk_words)):
             rows.append((r[1], label, held, _unit_hash(f"{r[0]}:{k}", cfg.seed), chunk))
@@ -152,6 +170,7 @@ def train_quality_classifier(df: pl.DataFrame, cfg: QualityConfig, model_path: s
             s: float((pred_pos[m] == truth_pos[m]).mean())
             for s in sorted(held["source"].unique().to_list())
             for m in [(held["source"] == s).to_numpy()]},
+        holdout_chunks_by_source=dict(sorted(held.group_by("source").len().iter_rows())),
     )
     return metrics
 
