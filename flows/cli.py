@@ -5,6 +5,7 @@
     lmforge status                      which stages are up to date
     lmforge query "SQL"                 DuckDB over every stage's kept and rejected shards
     lmforge why ID                      every stage a document went through, and why it was dropped
+    lmforge sample | evaluate | serve | chat | ablate   (see `lmforge COMMAND --help`)
 """
 
 from __future__ import annotations
@@ -187,6 +188,27 @@ def add_sample_command(sub) -> None:
     p.set_defaults(func=cmd_sample)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from lmtrain.bundle import load_bundle
+    from lmtrain.evaluate import hellaswag_accuracy
+
+    model, tok = load_bundle(args.checkpoint)
+    model.eval()
+    result = {"checkpoint": args.checkpoint, "file": args.hellaswag, **hellaswag_accuracy(model, tok, args.hellaswag)}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def add_evaluate_command(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a checkpoint on a local HellaSwag-shaped JSONL (ctx, endings, label)")
+    p.add_argument("--checkpoint", default="models/pretrain/gpt/checkpoint")
+    p.add_argument("--hellaswag", required=True, help="JSONL file: one {ctx, endings, label} per line")
+    p.add_argument("--out", default=None, help="also write the result as JSON here")
+    p.set_defaults(func=cmd_evaluate)
+
+
 def add_serve(sub) -> None:
     from lmtrain.serve import add_serve_command
 
@@ -225,7 +247,7 @@ def add_ablate(sub) -> None:
     p.set_defaults(func=run)
 
 
-EXTRA_COMMANDS: list = [add_sample_command, add_serve, add_chat_command, add_ablate]
+EXTRA_COMMANDS: list = [add_sample_command, add_evaluate_command, add_serve, add_chat_command, add_ablate]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,3 +94,25 @@ def test_hellaswag_reader_names_the_bad_line(tmp_path):
     path.write_text('{"ctx": "a", "endings": ["b"], "label": 0}\n{"ctx": "a", "endings": ["b"]}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: field 'label'"):
         read_hellaswag(path)
+
+
+def test_lmforge_evaluate_scores_a_checkpoint_on_a_hellaswag_file(tmp_path, capsys):
+    from flows.cli import main
+    from lmtrain.bundle import attach_tokenizer
+    from lmtrain.checkpoint import save_checkpoint
+    from lmtrain.tokenizer import train_bpe
+
+    tok = train_bpe(["the cat sat on the mat and the dog sat on the log"] * 4, vocab_size=280)
+    tok.save(tmp_path / "tok")
+    torch.manual_seed(0)
+    model = build_model("gpt", {"block_size": 64, "n_layer": 1, "n_head": 1, "n_embd": 8}, vocab_size=tok.vocab_size)
+    save_checkpoint(tmp_path / "ckpt", model)
+    attach_tokenizer(tmp_path / "ckpt", tmp_path / "tok")
+    path = tmp_path / "hs.jsonl"
+    path.write_text("\n".join(json.dumps({"ctx": "the cat", "endings": ["sat", "dog", "mat"], "label": i % 3})
+                              for i in range(6)) + "\n")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "ckpt"), "--hellaswag", str(path),
+                 "--out", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["n"] == 6 and result["acc"] == pytest.approx(1 / 3)  # one ending wins every identical item
+    assert json.loads(capsys.readouterr().out)["acc_norm"] == result["acc_norm"]
