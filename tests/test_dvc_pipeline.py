@@ -49,3 +49,30 @@ def test_repro_is_incremental(tmp_path, prefect_server, raw_sample):
     changed = {line.split()[0] for line in status.splitlines() if "changed" in line} & set(STAGES)
     assert changed == {"ingest@instructions"}  # dedup@instructions follows once its input changes
     assert ran(sh(repo, dvc, "repro", *STAGES, env=env)) == ["dedup@instructions", "ingest@instructions"]
+
+
+def rerun_set(key: str) -> set[str]:
+    """Stages `dvc repro` reruns after `key` changes in params.yaml: those that list the key (or a
+    section holding it) as a param, and every stage downstream of them in the DAG."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    repo = Repo(str(Path(__file__).resolve().parents[1]))
+    graph = repo.index.graph  # edges point from a stage to the stages it depends on
+    direct = {st for st in repo.index.stages
+              for d in st.deps if d.__class__.__name__ == "ParamsDependency"
+              for p in (d.params or []) if key == p or key.startswith(p + ".")}
+    return {st.addressing for st in direct | {a for st in direct for a in nx.ancestors(graph, st)}}
+
+
+ALIGN = {"sft", "reward", "ppo", "dpo", "align_eval"}
+
+
+@pytest.mark.parametrize("key, expected", [
+    ("tokenizer.vocab_size", {"tokenizer", "pretokenize", "pretrain", *ALIGN}),
+    ("balance.corpus.weights", {"balance@corpus", "tokenizer", "pretokenize", "pretrain", *ALIGN}),
+    ("balance.comparisons.enabled", {"balance@comparisons", "reward", "ppo", "dpo", "align_eval"}),
+    ("pretrain.gpt.learning_rate", {"pretrain", *ALIGN}),
+])
+def test_a_param_change_reruns_its_stage_and_what_follows_nothing_before(key, expected):
+    assert rerun_set(key) == expected
