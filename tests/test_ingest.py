@@ -236,3 +236,32 @@ def test_derived_comparisons_never_mix_splits(tmp_path, raw_sample):
         if row["rejected"] in split_of_text:
             assert split_of_text[row["rejected"]] == row["split"]
     assert set(comp["split"]) == {"train", "eval"}
+
+
+def test_shakespeare_continuation_pairs_stay_in_their_play_and_are_correct(tmp_path, raw_sample):
+    spec = [{"type": "shakespeare_comparisons", "source": "shakespeare_comparisons",
+             "path": str(raw_sample / "shakespeare"), "options": {"per_work": 6}}]
+    total, comp, _ = run(tmp_path / "c", "comparisons", spec, eval_fraction=0.2)
+    assert total["rows_in"] == total["rows_kept"] + total["rows_rejected"] and comp.height > 150
+    metas = [json.loads(m) for m in comp["meta"]]
+    assert all(m["derived"] for m in metas)
+    assert {m["negative"] for m in metas} == {"mismatch", "shuffle"}
+    by_text = {}
+    for row, m in zip(comp.iter_rows(named=True), metas):
+        assert row["chosen"] != row["rejected"] and row["chosen"] not in row["prompt"]
+        by_text[row["chosen"]] = row["group"]
+        if m["negative"] == "shuffle":  # same words, same layout: only the order tells
+            assert sorted(row["rejected"].split()) == sorted(row["chosen"].split())
+            assert len(row["rejected"]) == len(row["chosen"])
+    for row, m in zip(comp.iter_rows(named=True), metas):
+        if m["negative"] == "mismatch":  # another passage of the same play: same group, same split
+            assert by_text[row["rejected"]] == row["group"]
+    groups = {}
+    for g, s in zip(comp["group"], comp["split"]):
+        groups.setdefault(g, set()).add(s)
+    assert all(len(s) == 1 for s in groups.values()) and set(comp["split"]) == {"train", "eval"}
+    # instructions: the same passages, the true continuation as the reply, the same groups
+    ispec = [{"type": "shakespeare_instructions", "source": "shakespeare_instructions",
+              "path": str(raw_sample / "shakespeare"), "options": {"per_work": 6}}]
+    _, inst, _ = run(tmp_path / "i", "instructions", ispec, eval_fraction=0.2)
+    assert inst.height == len(by_text) and set(inst["response"]) == set(by_text)

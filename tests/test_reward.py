@@ -13,6 +13,7 @@ from lmtrain.reward import (
     pair_half,
     pairwise_accuracy,
     select_subset,
+    training_pairs,
 )
 
 
@@ -65,3 +66,20 @@ def test_mirror_swaps_a_pair_under_the_prompt_its_rejected_reply_answers():
     fit = pairs[:2] + got
     for reply in "ABC":
         assert sum(p["chosen"] == reply for p in fit) == sum(p["rejected"] == reply for p in fit)
+
+
+def test_training_pairs_drop_unmirrored_replies_but_keep_corrupted_rejects():
+    pairs = [{"id": "a", "prompt": "pa", "chosen": "A", "rejected": "B"},
+             {"id": "b", "prompt": "pb", "chosen": "B", "rejected": "A"},
+             {"id": "c", "prompt": "pc", "chosen": "C", "rejected": "D"},    # D is the other half's reply
+             {"id": "s", "prompt": "ps", "chosen": "S", "rejected": "s S"},  # a shuffled text: nobody's reply
+             {"id": "h", "prompt": "ph", "chosen": "E", "rejected": "H"}]    # H is a held-out answer
+    heldout = [{"id": "x", "prompt": "px", "chosen": "H", "rejected": "E"}]
+    fit, info = training_pairs(pairs, heldout, mirror_pairs=True, drop_unmirrored=True,
+                               replies={"A", "B", "C", "D", "S", "E", "H"})
+    ids = sorted(p["id"] for p in fit)
+    assert ids == ["a", "a/mirror", "b", "b/mirror", "s"]
+    assert info == {"given_pairs": 4, "mirrored_pairs": 2, "heldout_overlap_dropped": 1}
+    # without the whole set's replies, D looks like nobody's reply and the pair is kept
+    fit, _ = training_pairs(pairs, heldout, mirror_pairs=True, drop_unmirrored=True)
+    assert "c" in {p["id"] for p in fit}
