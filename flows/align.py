@@ -78,12 +78,17 @@ def reward(params: dict) -> dict:
                       on_progress=progress("reward-progress", None))
     judge = train_judge(cfg, OUT / "sft/checkpoint", COMPARISONS, COMPARISONS, OUT / "judge",
                         on_progress=progress("judge-progress", None))
-    metrics = {**scalars(rm), "calibration": rm.get("calibration"), "judge": scalars(judge)}
+    by_source = ("accuracy_by_source", "pairs_by_source")
+    metrics = {**scalars(rm), **{k: rm.get(k) for k in by_source}, "calibration": rm.get("calibration"),
+               "judge": {**scalars(judge), **{k: judge.get(k) for k in by_source}}}
     write_json("metrics/reward.json", metrics)
     rows = ["| | accuracy | length-matched accuracy | mean margin |", "|---|---:|---:|---:|"]
     for name, m in (("reward", rm), ("judge", judge)):
         rows.append(f"| {name} | {m['accuracy']:.3f} | {m.get('length_matched_accuracy')} | "
                     f"{m.get('mean_margin', 0):.3f} |")
+    for name, m in (("reward", rm), ("judge", judge)):
+        for source, acc in (m.get("accuracy_by_source") or {}).items():
+            rows.append(f"| {name}: {source} ({m['pairs_by_source'][source]} pairs) | {acc:.3f} | | |")
     create_markdown_artifact(key="reward-report", markdown="\n".join(["# reward models (held-out pairs)", "", *rows]))
     print(f"reward: accuracy {rm['accuracy']:.3f}, judge {judge['accuracy']:.3f}")
     return metrics
