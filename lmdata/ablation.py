@@ -329,6 +329,8 @@ def verdict(mean_diff: float, std: float | None, lower_is_better: bool = True) -
     """helped / hurt / not distinguishable from seed noise (|mean difference| < 2 x its std)."""
     if std is None:
         return "undecided (one seed: no spread)"
+    if mean_diff == 0 and std == 0:
+        return "no effect (identical results: the step changed no training data here)"
     if abs(mean_diff) < NOISE_SIGMAS * std or mean_diff == 0:
         return "not distinguishable from seed noise"
     return "helped" if (mean_diff < 0) == lower_is_better else "hurt"

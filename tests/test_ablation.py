@@ -117,7 +117,8 @@ def test_verdicts():
     assert verdict(-0.10, 0.02) == "helped"
     assert verdict(+0.10, 0.02) == "hurt"
     assert verdict(-0.03, 0.02) == "not distinguishable from seed noise"  # |0.03| < 2 × 0.02
-    assert verdict(0.0, 0.0) == "not distinguishable from seed noise"
+    assert verdict(0.0, 0.0).startswith("no effect")  # the same data in every seed
+    assert verdict(0.0, 0.01) == "not distinguishable from seed noise"
     assert verdict(-0.05, 0.0) == "helped"  # deterministic difference
     assert verdict(0.2, 0.01, lower_is_better=False) == "helped"  # accuracy: higher is better
     assert verdict(-0.2, None).startswith("undecided")
