@@ -63,7 +63,8 @@ def test_held_out_accuracy_above_chance_per_source(pool, tmp_path):
     m = train_quality_classifier(pool, CFG, tmp_path / "q.bin")
     by_source = m["holdout_accuracy_by_source"]
     assert set(by_source) == {"pydoc", "idle_notes", "module_docs"}
-    assert by_source["idle_notes"] > 0.75 and by_source["module_docs"] > 0.6  # chance: 0.5
+    # chance: 0.5; held-out chunks ~70 idle notes, ~190 module docs (std errors ~0.06, ~0.035)
+    assert by_source["idle_notes"] > 0.65 and by_source["module_docs"] > 0.58
     assert m["holdout_accuracy"] > 0.7 and m["holdout_precision"] > 0.6 and m["holdout_recall"] > 0.6
 
 
