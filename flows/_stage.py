@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from lmdata.atomic import atomic_dir, write_json
-from lmdata.readers import ConfigError
+from lmdata.errors import ConfigError
 from lmdata.runner import reason_table, run_step_on_shard, summarise
 from lmdata.shards import list_shards
 

@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 
 from flows._stage import load_params
 from lmdata.atomic import write_json
-from lmdata.readers import ConfigError
+from lmdata.errors import ConfigError
 from lmtrain.align_eval import AlignEvalConfig, evaluate_alignment
 from lmtrain.dpo import DPOConfig, train_dpo
 from lmtrain.ppo import PPOConfig, train_ppo

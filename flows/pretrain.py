@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows._stage import load_params
 from lmdata.atomic import write_json
-from lmdata.readers import ConfigError
+from lmdata.errors import ConfigError
 from lmtrain.bundle import attach_tokenizer, load_bundle
 from lmtrain.sample import sample_text
 from lmtrain.train import TrainConfig, render_loss_png, train

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows._stage import load_params, publish_metrics
 from lmdata.atomic import atomic_dir
-from lmdata.readers import ConfigError
+from lmdata.errors import ConfigError
 from lmdata.shards import list_shards
 from lmtrain.tokenizer import DEFAULT_PATTERN, load_tokenizer, train_bpe, train_char
 

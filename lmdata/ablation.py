@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from lmdata.readers import ConfigError
+from lmdata.errors import ConfigError
 
 # The cumulative default grid, in pipeline order: each step switches one more data step on.
 DEFAULT_GRID: list[tuple[str, dict[str, Any]]] = [

@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 import zstandard
 
+from lmdata.errors import ConfigError
 from lmdata.samples import (
     NEGATIVES,
     django_locale_documents,
@@ -32,10 +33,6 @@ from lmdata.samples import (
     shakespeare_instruction_records,
 )
 from lmdata.text import InvalidUTF8, decode_utf8
-
-
-class ConfigError(ValueError):
-    """Bad configuration (unknown source type, missing path, wrong field): raised before any work."""
 
 
 @dataclass
