@@ -102,9 +102,11 @@ def publish_metrics(stage: str, dataset: str | None, metrics: dict, markdown: st
         create_markdown_artifact(key=f"{key}-report", markdown=markdown)
 
 
-def dataset_main(stage_flow, description: str, argv: list[str] | None = None) -> dict:
+def dataset_main(stage_flow, description: str, argv: list[str] | None = None,
+                 check: Callable[[str, dict], Any] | None = None) -> dict:
     """Command line of a per-dataset stage: `python -m flows.<stage> DATASET [--params FILE]`,
-    run with the task runner `runner` in params names."""
+    run with the task runner `runner` in params names. `check(dataset, params)` runs first, outside
+    Prefect: a ConfigError it raises exits with one line on stderr (no traceback, nothing written)."""
     import argparse
 
     ap = argparse.ArgumentParser(description=description)
@@ -112,6 +114,11 @@ def dataset_main(stage_flow, description: str, argv: list[str] | None = None) ->
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     params = load_params(args.params)
+    if check is not None:
+        try:
+            check(args.dataset, params)
+        except ConfigError as e:
+            raise SystemExit(f"{stage_flow.name} {args.dataset}: {e}") from None
     return stage_flow.with_options(task_runner=task_runner(params))(args.dataset, params)
 
 
