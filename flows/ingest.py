@@ -33,10 +33,14 @@ def ingest(dataset: str, params: dict) -> dict:
             s, dataset, cfg, staging) for s in cfg.sources]
         stats = [f.result() for f in futures]
     splits: Counter[str] = Counter()
+    kept_by_source: Counter[str] = Counter()
     for s in stats:
         splits.update(s["splits"])
+        kept_by_source.update(s["kept_by_source"])
     metrics = summarise(stats, time.perf_counter() - t0, splits=dict(sorted(splits.items())),
                         kept_bytes=sum(s["kept_bytes"] for s in stats),
+                        repaired_bytes=sum(s["repaired_bytes"] for s in stats),
+                        kept_by_source=dict(sorted(kept_by_source.items())),
                         by_source={s["source"]: {k: s[k] for k in ("rows_in", "rows_kept", "rows_rejected")}
                                    for s in stats})
     metrics["shards"] = sum(s["shards"] for s in stats)

@@ -2,7 +2,9 @@
 
 Every record read is either kept (a validated row) or rejected with a reason naming file, line
 and field (`malformed_json`, `missing_field`, `wrong_type`, `empty`, `too_large`, `invalid_utf8`).
-The evaluation split is chosen here, once, by a stable hash of the record's group key.
+The evaluation split is chosen here, once, by a stable hash of the record's group key: the
+reader's group (a work, a file, a record's group or id field), else the content hash — never a
+line number, so inserting or reordering records moves no other record across the split.
 """
 
 from __future__ import annotations
@@ -130,24 +132,28 @@ def clean_fields(dataset: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_row(rec: RawRecord, dataset: str, cfg: IngestConfig, fraction: float,
-           forced: frozenset[str]) -> tuple[dict, int]:
-    """Turn a raw record into a row of `dataset`; raise BadField if it must be rejected."""
+           forced: frozenset[str], markup: str | None = None) -> tuple[dict, int]:
+    """Turn a raw record into a row of `dataset`; raise BadField if it must be rejected.
+    `markup` (the source spec's) is recorded in `meta.markup` for the clean stage."""
     fields = clean_fields(dataset, rec.fields)
     text = record_text(dataset, fields)
     n_bytes = len(text.encode("utf-8"))
     if n_bytes > cfg.max_doc_bytes:
         raise BadField("too_large", f"{n_bytes} bytes > ingest.max_doc_bytes={cfg.max_doc_bytes}")
-    group = rec.group or f"{rec.source}:{rec.locator}"
+    chash = hash_hex(text)
+    group = rec.group or chash
     meta = dict(rec.meta)
     if rec.repaired_bytes:
         meta["repaired_bytes"] = rec.repaired_bytes
+    if markup:
+        meta["markup"] = markup
     row = {
         "id": document_id(rec.source, rec.locator, text),
-        "content_hash": hash_hex(text),
+        "content_hash": chash,
         "source": rec.source, "locator": rec.locator, "group": group,
         "split": "eval" if is_eval(group, fraction, cfg.eval_salt, forced) else "train",
         "text": text, "n_bytes": n_bytes,
-        "meta": json.dumps(meta, sort_keys=True, ensure_ascii=False),
+        "meta": json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str),
     }
     for col in FIELD_COLUMNS[dataset]:
         value = fields[col]
@@ -161,7 +167,7 @@ def reject_row(source: str, locator: str, reason: str, detail: str, raw: str | N
         "id": document_id(source, locator, raw or ""), "content_hash": None, "source": source,
         "locator": locator, "group": None, "split": None, "text": raw,
         "n_bytes": len(raw.encode("utf-8", errors="replace")) if raw is not None else None,
-        "meta": json.dumps(meta or {}, sort_keys=True, ensure_ascii=False),
+        "meta": json.dumps(meta or {}, sort_keys=True, ensure_ascii=False, default=str),
         "reason": reason, "reason_detail": detail, "reason_value": value,
     }
 
@@ -183,19 +189,21 @@ def ingest_source(spec: dict, dataset: str, cfg: IngestConfig, out_dir: Path) ->
     forced = frozenset(cfg.eval_groups)
     by_reason: Counter[str] = Counter()
     splits: Counter[str] = Counter()
-    rows_in = kept_bytes = 0
+    kept_by_source: Counter[str] = Counter()  # by the row's source (a record's own, where mapped)
+    rows_in = kept_bytes = repaired = 0
     def split_of(group: str) -> str:  # lets derived-data readers keep pairs within one split
         return "eval" if is_eval(group, fraction, cfg.eval_salt, forced) else "train"
 
     for rec in READERS[spec["type"]]({**spec, "_split_of": split_of}, dataset, cfg.invalid_utf8):
         rows_in += 1
+        repaired += getattr(rec, "repaired_bytes", 0)
         if isinstance(rec, BadRecord):
             rejected.add(reject_row(rec.source, rec.locator, rec.reason, rec.detail, rec.raw),
                          len(rec.raw or ""))
             by_reason[rec.reason] += 1
             continue
         try:
-            row, nbytes = to_row(rec, dataset, cfg, fraction, forced)
+            row, nbytes = to_row(rec, dataset, cfg, fraction, forced, spec.get("markup"))
         except BadField as e:
             raw = rec.fields.get("text") if dataset == "corpus" and isinstance(rec.fields.get("text"), str) \
                 else _raw_text(rec)
@@ -207,9 +215,11 @@ def ingest_source(spec: dict, dataset: str, cfg: IngestConfig, out_dir: Path) ->
         kept.add(row, nbytes)
         kept_bytes += nbytes
         splits[row["split"]] += 1
+        kept_by_source[row["source"]] += 1
     kept.close()
     rejected.close()
     rows_kept = sum(splits.values())
     return {"source": spec["source"], "rows_in": rows_in, "rows_kept": rows_kept,
             "rows_rejected": sum(by_reason.values()), "rejected_by_reason": dict(by_reason),
-            "kept_bytes": kept_bytes, "splits": dict(splits), "shards": len(kept.paths)}
+            "kept_bytes": kept_bytes, "splits": dict(splits), "shards": len(kept.paths),
+            "repaired_bytes": repaired, "kept_by_source": dict(kept_by_source)}

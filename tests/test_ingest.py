@@ -275,3 +275,91 @@ def test_bad_sample_reader_options_fail_before_any_work(tmp_path, options, match
     spec = {"type": "shakespeare_comparisons", "source": "s", "path": str(tmp_path), "options": options}
     with pytest.raises(ConfigError, match=match):
         IngestConfig.from_params(params_for("comparisons", [spec]), "comparisons")
+
+
+def mixed_records(n: int = 40) -> list[dict]:
+    return [{"id": f"rec-{i}", "origin": ("wiki", "news", "forum")[i % 3], "body": f"Record number {i} says hello.",
+             "headline": f"Title {i}", "link": f"http://example.org/{i}", "language": "en", "score": i}
+            for i in range(n)]
+
+
+MIXED_FIELDS = {"text": "body", "source": "origin", "title": "headline", "url": "link", "lang": "language"}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_record_fields_are_kept_and_record_source_replaces_the_params_name(tmp_path, fmt):
+    from lmdata.balance import BalanceConfig, balance
+
+    recs = mixed_records()
+    path = tmp_path / f"mixed.{fmt}"
+    if fmt == "jsonl":
+        write_jsonl(path, [json.dumps(r) for r in recs])
+    else:
+        pl.DataFrame(recs).write_parquet(path)
+    _, kept, _ = run(tmp_path, "corpus", [{"type": fmt, "source": "dump", "path": str(path), "fields": MIXED_FIELDS}])
+    assert sorted(kept["source"].unique().to_list()) == ["forum", "news", "wiki"]
+    row = kept.filter(pl.col("text") == "Record number 4 says hello.").row(0, named=True)
+    meta = json.loads(row["meta"])
+    assert row["source"] == "news" and row["group"] == "dump:rec-4"  # the id field is the split group
+    assert (meta["title"], meta["url"], meta["lang"]) == ("Title 4", "http://example.org/4", "en")
+    assert meta["fields"] == {"id": "rec-4", "score": 4}  # unmapped fields are kept, not dropped
+    # balance sees the real origins: weights are per record source, and a weight for the params
+    # name alone is refused
+    res, stats = balance(kept, BalanceConfig(mode="explicit", weights={"wiki": 0.5, "news": 0.3, "forum": 0.2},
+                                              max_repeats=8))
+    assert set(res.kept.filter(pl.col("split") == "train")["source"]) <= {"wiki", "news", "forum"}
+    with pytest.raises(ConfigError):
+        balance(kept, BalanceConfig(mode="explicit", weights={"dump": 1.0}))
+
+
+def test_a_null_record_source_falls_back_and_a_bad_one_is_quarantined(tmp_path):
+    path = tmp_path / "d.jsonl"
+    write_jsonl(path, [json.dumps({"text": "no origin given", "origin": None}),
+                       json.dumps({"text": "numeric origin", "origin": 7})])
+    total, kept, rej = run(tmp_path, "corpus", [{"type": "jsonl", "source": "dump", "path": str(path),
+                                                 "fields": {"source": "origin"}}])
+    assert kept["source"].to_list() == ["dump"]
+    assert rej["reason"].to_list() == ["wrong_type"] and "'source'" in rej["reason_detail"][0]
+
+
+def split_of(kept: pl.DataFrame) -> dict[str, str]:
+    return dict(zip(kept["text"], kept["split"]))
+
+
+@pytest.mark.parametrize("with_ids", [True, False])
+def test_split_is_stable_under_inserted_and_reordered_records(tmp_path, with_ids):
+    docs = [{"id": f"d{i}", "text": f"Document {i} about topic {i % 17}."} if with_ids else
+            {"text": f"Document {i} about topic {i % 17}."} for i in range(400)]
+    path = tmp_path / "a.jsonl"
+    write_jsonl(path, [json.dumps(d) for d in docs])
+    spec = [{"type": "jsonl", "source": "web", "path": str(path)}]
+    _, before, _ = run(tmp_path / "1", "corpus", spec, eval_fraction=0.2)
+    assert 40 < (before["split"] == "eval").sum() < 120
+    new = [{"id": f"new{i}", "text": f"Inserted line {i}."} if with_ids else {"text": f"Inserted line {i}."}
+           for i in range(12)]
+    write_jsonl(path, [json.dumps(d) for d in new + docs[::-1]])  # 12 lines on top, the rest reversed
+    _, after, _ = run(tmp_path / "2", "corpus", spec, eval_fraction=0.2)
+    moved = {t for t, s in split_of(before).items() if split_of(after)[t] != s}
+    assert moved == set()
+
+
+def test_repaired_bytes_are_counted_for_jsonl(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"text": "caf\xe9 cr\xe8me"}\n{"text": "clean line"}\n')
+    cfg = IngestConfig.from_params(params_for("corpus", [{"type": "jsonl", "source": "web", "path": str(path)}]),
+                                   "corpus")
+    stats = ingest_source(cfg.sources[0], "corpus", cfg, tmp_path / "out")
+    kept = pl.read_parquet(list_shards(tmp_path / "out")[0])
+    assert kept["text"][0] == "caf\ufffd cr\ufffdme"
+    assert [json.loads(m).get("repaired_bytes") for m in kept["meta"]] == [2, None]
+    assert stats["repaired_bytes"] == 2
+
+
+def test_source_markup_is_recorded_for_clean_and_checked(tmp_path):
+    path = tmp_path / "d.jsonl"
+    write_jsonl(path, [json.dumps({"text": "'''Kenya''' is in [[Africa]]."})])
+    _, kept, _ = run(tmp_path, "corpus", [{"type": "jsonl", "source": "wiki", "path": str(path), "markup": "wikitext"}])
+    assert json.loads(kept["meta"][0])["markup"] == "wikitext"
+    with pytest.raises(ConfigError, match="markup must be one of"):
+        IngestConfig.from_params(params_for("corpus", [{"type": "jsonl", "source": "wiki", "path": str(path),
+                                                        "markup": "markdown"}]), "corpus")
