@@ -84,22 +84,73 @@ def run_shard_stage(stage: str, dataset: str, params: dict, step: Callable, in_d
     return metrics
 
 
-def metrics_path(stage: str, dataset: str | None) -> Path:
-    return Path("metrics") / stage / f"{dataset}.json" if dataset else Path("metrics") / f"{stage}.json"
+def metrics_path(stage: str, dataset: str | None, root: Path = Path("metrics")) -> Path:
+    return root / stage / f"{dataset}.json" if dataset else root / f"{stage}.json"
+
+
+def timings_path(stage: str, dataset: str | None) -> Path:
+    """`metrics/timings/<stage>[/<dataset>].json`: wall times, kept out of DVC and git (they differ
+    on every run, and a DVC-tracked file that changes marks the stage and the tree as changed)."""
+    return metrics_path(stage, dataset, Path("metrics") / "timings")
+
+
+def is_timing(key: str) -> bool:
+    return key == "seconds" or key.endswith(("_seconds", "_per_s")) or key in ("host", "hostname")
+
+
+def split_timings(metrics: dict) -> tuple[dict, dict]:
+    """(metrics without timing or host fields, those fields), at any depth, nesting kept."""
+    stable, timings = {}, {}
+    for k, v in metrics.items():
+        if is_timing(k):
+            timings[k] = v
+        elif isinstance(v, dict):
+            stable[k], nested = split_timings(v)
+            if nested:
+                timings[k] = nested
+        else:
+            stable[k] = v
+    return stable, timings
 
 
 def publish_metrics(stage: str, dataset: str | None, metrics: dict, markdown: str | None = None) -> None:
-    """Write `metrics/<stage>[/<dataset>].json` and the same counts as a Prefect table artifact."""
-    write_json(metrics_path(stage, dataset), metrics)
-    key = f"{stage}-{dataset}" if dataset else stage
-    key = key.replace("_", "-").lower()
+    """Write `metrics/<stage>[/<dataset>].json` (same inputs, same bytes: timings go to
+    `timings_path`) and the same counts, with the time taken, as Prefect artifacts."""
+    stable, timings = split_timings(metrics)
+    write_json(metrics_path(stage, dataset), stable)
+    if timings:
+        write_json(timings_path(stage, dataset), timings)
+    name = f"{stage} / {dataset}" if dataset else stage
+    key = (f"{stage}-{dataset}" if dataset else stage).replace("_", "-").lower()
+    took = f", {metrics['seconds']:.1f} s" if isinstance(metrics.get("seconds"), int | float) else ""
     if "rows_in" in metrics:
         create_table_artifact(key=key, table=reason_table(metrics),
-                              description=f"{stage} / {dataset}: rows by outcome "
-                                          f"(in={metrics['rows_in']}, kept={metrics['rows_kept']}, "
-                                          f"rejected={metrics['rows_rejected']})")
+                              description=f"{name}: rows by outcome (in={metrics['rows_in']}, "
+                                          f"kept={metrics['rows_kept']}, rejected={metrics['rows_rejected']}{took})")
     if markdown:
-        create_markdown_artifact(key=f"{key}-report", markdown=markdown)
+        create_markdown_artifact(key=f"{key}-report", markdown=markdown,
+                                 description=f"{name}: report (metrics in {metrics_path(stage, dataset)}{took})")
+
+
+def md_cell(value: Any, limit: int = 200) -> str:
+    """Any value as the text of one markdown table cell: floats rounded, newlines shown as ⏎, pipes
+    and backslashes escaped, HTML neutralised, cut to `limit` characters with an ellipsis."""
+    text = "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+    text = " ⏎ ".join(text.splitlines()) if len(text.splitlines()) > 1 else text.strip("\r\n")
+    if len(text) > limit:
+        text = text[:limit - 1].rstrip() + "…"
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def md_table(rows: list[dict], columns: list[str] | None = None, limit: int = 200) -> str:
+    """A GitHub-flavoured markdown table whose cells survive any text (see `md_cell`); numbers align right."""
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
+    numeric = [bool(rows) and all(isinstance(r.get(c), int | float) for r in rows if r.get(c) is not None)
+               for c in columns]
+    lines = ["| " + " | ".join(md_cell(c, limit) for c in columns) + " |",
+             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    lines += ["| " + " | ".join(md_cell(r.get(c), limit) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def dataset_main(stage_flow, description: str, argv: list[str] | None = None,

@@ -196,7 +196,8 @@ def ablate(spec_path: str = "ablations.yaml", seeds: int | None = None, jobs: in
     create_markdown_artifact(key=f"ablate-{spec.name}".lower().replace("_", "-"), markdown=report,
                              description=f"ablation {spec.name}: verdicts per step")
     create_table_artifact(key=f"ablate-{spec.name}-runs".lower().replace("_", "-"),
-                          table=[{k: v for k, v in r.items() if k != "overrides"} for r in rows])
+                          table=[{k: v for k, v in r.items() if k != "overrides"} for r in rows],
+                          description=f"ablation {spec.name}: one row per experiment (variant x seed)")
     print(f"ablate {spec.name}: report {out_dir / 'report.md'}, plot {png}, table {db} (ablation_runs)")
     if failed:
         raise RuntimeError(f"{len(failed)} experiment(s) failed: {failed}; the first one's log:\n"

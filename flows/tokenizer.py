@@ -18,7 +18,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows._stage import load_params, publish_metrics
+from flows._stage import load_params, md_cell, publish_metrics
 from lmdata.atomic import atomic_dir
 from lmdata.errors import ConfigError
 from lmdata.shards import list_shards
@@ -89,9 +89,11 @@ def tokenizer(params: dict) -> dict:
     md = [f"# tokenizer ({cfg['kind']}, vocab {tok.vocab_size})", "",
           f"{report['eval_bytes_per_token']} bytes/token on the evaluation split; trained in {trained['train_seconds']} s",
           "", "| most frequent | count | longest | bytes |", "|---|---:|---|---:|"]
-    md += [f"| `{f['token']!r}` | {f['count']} | `{lg['token']!r}` | {lg['bytes']} |"
+    md += [f"| {md_cell(repr(f['token']))} | {f['count']} | {md_cell(repr(lg['token']))} | {lg['bytes']} |"
            for f, lg in zip(report["most_frequent"], report["longest"])]
-    create_markdown_artifact(key="tokenizer-report", markdown="\n".join(md))
+    create_markdown_artifact(key="tokenizer-report", markdown="\n".join(md),
+                             description=f"tokenizer: {report['eval_bytes_per_token']} bytes/token on the evaluation "
+                                         f"split, vocab {tok.vocab_size}; most frequent and longest tokens")
     print(f"tokenizer: vocab {tok.vocab_size}, {report['eval_bytes_per_token']} bytes/token on eval")
     return metrics
 
