@@ -7,6 +7,10 @@ below the dataset-wide cut are rejected (`quality`). The evaluation split passes
 untouched (it is scored, never filtered), so all models and ablations are judged on the same split.
 instructions / comparisons: per-field record rules and language ID on the named fields.
 
+Every config error (and a `positive_source` that no training row has) is reported before any work;
+a classifier with too little data fails, or is skipped with `on_insufficient: skip`. The metrics and
+the artifact list, per source, every rule that dropped most of it, with the setting to change.
+
     python -m flows.filter corpus|instructions|comparisons [--params params.yaml]
 """
 
@@ -26,10 +30,13 @@ from prefect.cache_policies import NO_CACHE
 
 from flows._stage import data_root, dataset_main, map_shards, publish_metrics
 from lmdata.atomic import atomic_dir, write_json
+from lmdata.errors import ConfigError
+from lmdata.filters.explain import rules_dropping_most, source_rule_counts
 from lmdata.filters.heuristics import HeuristicsConfig, heuristic_filter, record_filter
 from lmdata.filters.langid import LangIdConfig, langid_filter
 from lmdata.filters.quality import (
     QualityConfig,
+    check_positive_source,
     keep_threshold,
     load_quality_model,
     quality_filter,
@@ -43,15 +50,37 @@ from lmdata.stage import StepResult, empty_rejects
 
 DEFAULT_LANGID_FIELDS = {"corpus": ["text"], "instructions": ["prompt", "response"],
                          "comparisons": ["prompt", "chosen", "rejected"]}
+SECTION_KEYS = ("model_dir", "langid", "langid_fields", "heuristics", "quality")
+DOMINANT_RULE_SHARE = 0.5  # a rule dropping more than this share of a source's documents is reported
 
 
 def configs(params: dict, dataset: str) -> tuple[LangIdConfig, HeuristicsConfig, QualityConfig]:
     """Build and validate every filter config before any work starts."""
-    section = params.get("filter", {})
+    section = params.get("filter", {}) or {}
+    unknown = sorted(set(section) - set(SECTION_KEYS))
+    if unknown:
+        raise ConfigError(f"filter: unknown setting(s) {unknown}; known: {list(SECTION_KEYS)}")
     langid = LangIdConfig.from_dict(section.get("langid"))
-    fields = section.get("langid_fields", {}).get(dataset, DEFAULT_LANGID_FIELDS[dataset])
+    fields = (section.get("langid_fields") or {}).get(dataset, DEFAULT_LANGID_FIELDS[dataset])
+    if not isinstance(fields, list):
+        raise ConfigError(f"filter.langid_fields.{dataset}: expected a list of field names, got {fields!r}")
     return (dataclasses.replace(langid, fields=list(fields)), HeuristicsConfig.from_dict(section.get("heuristics")),
             QualityConfig.from_dict(section.get("quality")))
+
+
+def check(dataset: str, params: dict) -> None:
+    """Every config error before any work: settings, the language-ID model, and `positive_source`
+    against the `source` values of the training rows this stage reads (only that column is read)."""
+    langid, _, quality = configs(params, dataset)
+    if langid.enabled and not Path(langid.model_path).exists():
+        raise ConfigError(f"filter.langid.model_path: no model at {langid.model_path} (run the fetch stage)")
+    in_dir = data_root(params) / "dedup" / dataset
+    if dataset == "corpus" and quality.enabled:
+        shards = list_shards(in_dir)
+        if shards:
+            sources = pl.concat([pl.read_parquet(s, columns=["source", "split"]) for s in shards])
+            check_positive_source(quality, sources.filter(pl.col("split") == "train")["source"].unique().to_list(),
+                                  where=f"the training rows in {in_dir}")
 
 
 def rules_step(df: pl.DataFrame, dataset: str, langid: LangIdConfig, heur: HeuristicsConfig) -> StepResult:
@@ -107,9 +136,8 @@ def combine(first: list[dict], second: list[dict]) -> list[dict]:
 
 @flow(name="filter", log_prints=True)
 def filter_stage(dataset: str, params: dict) -> dict:
+    check(dataset, params)
     langid, heur, quality = configs(params, dataset)
-    if langid.enabled and not Path(langid.model_path).exists():
-        raise FileNotFoundError(f"filter.langid.model_path: no model at {langid.model_path} (run the fetch stage)")
     root = data_root(params)
     in_dir = root / "dedup" / dataset
     model_dir = Path(params.get("filter", {}).get("model_dir", "models/quality")) / dataset
@@ -126,34 +154,60 @@ def filter_stage(dataset: str, params: dict) -> dict:
                 shards = list_shards(Path(tmp))
                 model_path = model_staging / "quality.bin"
                 extra["quality_classifier"] = train_classifier(shards, quality, model_path)
-                scores = np.concatenate([np.asarray(f.result(), dtype=float) for f in
-                                         [score_shard.submit(s, model_path) for s in shards]] or [np.zeros(0)])
-                threshold = keep_threshold(scores, quality)
-                extra["quality_threshold"] = threshold
-                extra["quality_score_histogram"] = score_histogram(scores)
                 (staging / REJECTED_DIR).mkdir(parents=True, exist_ok=True)
                 for rej in sorted((Path(tmp) / REJECTED_DIR).glob("*.parquet")):
                     shutil.copy(rej, staging / REJECTED_DIR / rej.name)
-                qstep = functools.partial(quality_step, cfg=quality, model_path=str(model_path), threshold=threshold)
-                second = map_shards(qstep, Path(tmp), staging, dataset, reject_suffix="-quality")
-                stats = combine(first, second)
-                write_json(model_staging / "classifier.json",
-                           {"trained": True, "dataset": dataset, **extra["quality_classifier"]})
+                if not extra["quality_classifier"]["trained"]:  # on_insufficient: skip
+                    for shard in shards:
+                        shutil.copy(shard, staging / shard.name)
+                    stats = first
+                else:
+                    scores = np.concatenate([np.asarray(f.result(), dtype=float) for f in
+                                             [score_shard.submit(s, model_path) for s in shards]] or [np.zeros(0)])
+                    threshold = keep_threshold(scores, quality)
+                    extra["quality_threshold"] = threshold
+                    extra["quality_score_histogram"] = score_histogram(scores)
+                    qstep = functools.partial(quality_step, cfg=quality, model_path=str(model_path),
+                                              threshold=threshold)
+                    second = map_shards(qstep, Path(tmp), staging, dataset, reject_suffix="-quality")
+                    stats = combine(first, second)
+                write_json(model_staging / "classifier.json", {"dataset": dataset, **extra["quality_classifier"]})
+    by_source, by_rule = source_rule_counts(in_dir, root / "filter" / dataset)
+    extra["rules_dropping_most"] = rules_dropping_most(by_source, by_rule, heur, DOMINANT_RULE_SHARE)
     metrics = summarise(stats, time.perf_counter() - t0, **extra)
-    hist = extra.get("quality_score_histogram")
-    md = [f"# filter / {dataset}", "", f"kept {metrics['rows_kept']} of {metrics['rows_in']}", "",
-          "| rule | rejected |", "|---|---:|"] + [f"| {r} | {n} |" for r, n in metrics["rejected_by_reason"].items()]
-    if hist:
-        md += ["", f"quality threshold {extra['quality_threshold']:.4f}; held-out accuracy by source: "
-               f"{extra['quality_classifier'].get('holdout_accuracy_by_source')}", "",
-               "| score bin | train docs |", "|---|---:|"] + [f"| {b} | {n} |" for b, n in hist.items()]
-    publish_metrics("filter", dataset, metrics, markdown="\n".join(md))
+    publish_metrics("filter", dataset, metrics, markdown="\n".join(report(dataset, metrics)))
     print(f"filter {dataset}: {metrics['rows_kept']} kept, rejected {metrics['rejected_by_reason']}")
+    for row in extra["rules_dropping_most"]:
+        print(f"filter {dataset}: rule {row['rule']} dropped {row['dropped']} of {row['of']} training documents "
+              f"of source {row['source']!r}; setting: {row['setting']}" + (f"; {row['hint']}" if "hint" in row else ""))
+    if extra.get("quality_classifier", {}).get("skipped_reason"):
+        print(f"filter {dataset}: quality classifier skipped: {extra['quality_classifier']['skipped_reason']}")
     return metrics
 
 
+def report(dataset: str, metrics: dict) -> list[str]:
+    """The markdown artifact: rejects by rule, rules dropping most of a source, the classifier."""
+    md = [f"# filter / {dataset}", "", f"kept {metrics['rows_kept']} of {metrics['rows_in']}", "",
+          "| rule | rejected |", "|---|---:|"] + [f"| {r} | {n} |" for r, n in metrics["rejected_by_reason"].items()]
+    if metrics.get("rules_dropping_most"):
+        md += ["", f"## Rules dropping more than {DOMINANT_RULE_SHARE:.0%} of a source", "",
+               "| source | rule | dropped | of | setting to change |", "|---|---|---:|---:|---|"]
+        md += [f"| {r['source']} | {r['rule']} | {r['dropped']} | {r['of']} | {r['setting']}"
+               f"{'; ' + r['hint'] if 'hint' in r else ''} |" for r in metrics["rules_dropping_most"]]
+    clf = metrics.get("quality_classifier", {})
+    if clf.get("skipped_reason"):
+        md += ["", f"**quality classifier skipped**: {clf['skipped_reason']}"]
+    hist = metrics.get("quality_score_histogram")
+    if hist:
+        md += ["", f"quality threshold {metrics['quality_threshold']:.4f}; held-out balanced accuracy "
+               f"{clf.get('holdout_balanced_accuracy', float('nan')):.3f}, by source: "
+               f"{clf.get('holdout_accuracy_by_source')}", "",
+               "| score bin | train docs |", "|---|---:|"] + [f"| {b} | {n} |" for b, n in hist.items()]
+    return md
+
+
 def main(argv: list[str] | None = None) -> dict:
-    return dataset_main(filter_stage, __doc__.splitlines()[0], argv)
+    return dataset_main(filter_stage, __doc__.splitlines()[0], argv, check=check)
 
 
 if __name__ == "__main__":

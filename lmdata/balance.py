@@ -19,8 +19,8 @@ import numpy as np
 import polars as pl
 import xxhash
 
+from lmdata.errors import ConfigError
 from lmdata.filters.heuristics import check_field_types, config_from_dict
-from lmdata.readers import ConfigError
 from lmdata.stage import REJECT_COLUMNS, StepResult, add_reason
 
 

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from lmdata.balance import BalanceConfig, balance, mixture_weights, source_tokens, unimax_allocation
-from lmdata.readers import ConfigError
+from lmdata.errors import ConfigError
 
 # Stated tolerance: realised shares within 0.02 of the target when documents are small relative
 # to each source (here 2% of the smallest source's target at most).

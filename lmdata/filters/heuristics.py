@@ -18,6 +18,7 @@ from functools import cached_property
 import numpy as np
 import polars as pl
 
+from lmdata.errors import ConfigError
 from lmdata.stage import REJECT_COLUMNS, StepResult, add_reason, empty_rejects, first_failure
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")  # Gopher's list, as datatrove
@@ -86,11 +87,11 @@ class HeuristicsConfig:
 def config_from_dict(cls, d: dict, section: str):
     """Construct dataclass `cls` from a mapping, naming the unknown key at fault."""
     if not isinstance(d, dict):
-        raise ValueError(f"{section}: expected a mapping, got {type(d).__name__}")
+        raise ConfigError(f"{section}: expected a mapping, got {type(d).__name__}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise ValueError(f"{section}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"{section}: unknown setting(s) {unknown}; known: {sorted(known)}")
     return cls(**d)
 
 
@@ -125,7 +126,7 @@ def check_field_types(cfg, section: str) -> None:
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         if not _type_ok(value, str(f.type)):
-            raise ValueError(f"{section}.{f.name}: expected {f.type}, got {value!r} "
+            raise ConfigError(f"{section}.{f.name}: expected {f.type}, got {value!r} "
                              f"({type(value).__name__})")
 
 
@@ -134,10 +135,10 @@ def validate_config(cfg: HeuristicsConfig) -> None:
     check_field_types(cfg, "filter.heuristics")
     unknown = sorted(set(cfg.disabled_rules) - set(rule_names(cfg)))
     if unknown:
-        raise ValueError(f"filter.heuristics.disabled_rules: unknown rule(s) {unknown}; "
+        raise ConfigError(f"filter.heuristics.disabled_rules: unknown rule(s) {unknown}; "
                          f"known: {rule_names(cfg)}")
     if cfg.c4_mode not in ("filter", "modify"):
-        raise ValueError(f"filter.heuristics.c4_mode: expected 'filter' or 'modify', got {cfg.c4_mode!r}")
+        raise ConfigError(f"filter.heuristics.c4_mode: expected 'filter' or 'modify', got {cfg.c4_mode!r}")
 
 
 class TextView:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
+from lmdata.errors import ConfigError
 from lmdata.filters.heuristics import check_field_types, config_from_dict
 from lmdata.stage import REJECT_COLUMNS, StepResult, add_reason, empty_rejects
 
@@ -33,9 +34,9 @@ class LangIdConfig:
     def __post_init__(self) -> None:
         check_field_types(self, "filter.langid")
         if not self.allowed:
-            raise ValueError("filter.langid.allowed: name at least one language code")
+            raise ConfigError("filter.langid.allowed: name at least one language code")
         if not 0.0 <= self.min_score <= 1.0:
-            raise ValueError(f"filter.langid.min_score: expected 0..1, got {self.min_score}")
+            raise ConfigError(f"filter.langid.min_score: expected 0..1, got {self.min_score}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> LangIdConfig:

@@ -6,6 +6,12 @@ Documents are cut into chunks of words for training; whole groups (both editions
 held out to measure precision and recall per source. Every document gets `quality_score` =
 P(high quality); the train split is filtered by threshold or top fraction, the eval split is
 scored only.
+
+A classifier trained on too little data does harm (the issue's case: 14 chunks, held-out accuracy
+0.22, 157 documents removed). So it needs `min_chunks_per_class` training chunks of each class and
+a held-out balanced accuracy of at least `min_holdout_accuracy`; below either it raises
+`InsufficientQualityData` (nothing filtered), or, with `on_insufficient: skip`, reports
+`trained: false` with the reason and the stage keeps every document.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 import polars as pl
 import xxhash
 
+from lmdata.errors import ConfigError
 from lmdata.filters.heuristics import check_field_types, config_from_dict
 from lmdata.stage import REJECT_COLUMNS, StepResult, add_reason, empty_rejects
 
@@ -46,19 +53,39 @@ class QualityConfig:
     dim: int = 32
     word_ngrams: int = 2
     bucket: int = 50_000  # hash buckets for word n-grams (model size ~ bucket * dim * 4 bytes)
+    min_chunks_per_class: int = 200  # fewer training chunks in either class: not trained
+    min_holdout_accuracy: float = 0.6  # held-out balanced accuracy (chance 0.5) below this: not used
+    on_insufficient: str = "fail"  # "fail" (stop the stage) or "skip" (keep every document, say why)
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_field_types(self, "filter.quality")
         if self.keep_mode not in ("top_fraction", "threshold"):
-            raise ValueError(f"filter.quality.keep_mode: 'top_fraction' or 'threshold', got {self.keep_mode!r}")
-        for name in ("top_fraction", "threshold", "holdout_fraction"):
+            raise ConfigError(f"filter.quality.keep_mode: 'top_fraction' or 'threshold', got {self.keep_mode!r}")
+        if self.on_insufficient not in ("fail", "skip"):
+            raise ConfigError(f"filter.quality.on_insufficient: 'fail' or 'skip', got {self.on_insufficient!r}")
+        for name in ("top_fraction", "threshold", "holdout_fraction", "min_holdout_accuracy"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"filter.quality.{name}: expected 0..1, got {getattr(self, name)}")
+                raise ConfigError(f"filter.quality.{name}: expected 0..1, got {getattr(self, name)}")
+        for name in ("chunk_words", "min_chunk_words", "max_chunks_per_class", "epoch", "dim", "bucket"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"filter.quality.{name}: must be >= 1, got {getattr(self, name)}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> QualityConfig:
         return config_from_dict(cls, d or {}, "filter.quality")
+
+
+class InsufficientQualityData(ConfigError):
+    """Too few training chunks, or a held-out accuracy below the floor: the classifier would do harm."""
+
+
+def check_positive_source(cfg: QualityConfig, sources: list[str], where: str = "the training rows") -> None:
+    """`positive_source` must be a `source` value of the training rows (checked before any work)."""
+    if cfg.positive_source not in sources:
+        raise ConfigError(f"filter.quality.positive_source {cfg.positive_source!r} is not a source of {where}; "
+                          f"sources present: {sorted(sources)} (set it to one of them, or filter.quality.enabled: "
+                          "false)")
 
 
 def _unit_hash(key: str, seed: int) -> float:
@@ -91,12 +118,7 @@ def holdout_groups(sources: list[str], groups: list[str], cfg: QualityConfig) ->
 
 def training_examples(df: pl.DataFrame, cfg: QualityConfig) -> pl.DataFrame:
     """One row per chunk: source, label, holdout flag, chunk text (train split only)."""
-    sources = set(df["source"].unique().to_list())
-    if cfg.positive_source not in sources:
-        raise ValueError(f"filter.quality.positive_source {cfg.positive_source!r} is not a source of "
-                         f"the data; sources: {sorted(sources)}")
-    if len(sources) < 2:
-        raise ValueError(f"filter.quality: no negative source left after language ID (only {sorted(sources)})")
+    check_positive_source(cfg, df.filter(pl.col("split") == "train")["source"].unique().to_list())
     group_col = "group" if "group" in df.columns else "id"
     rows = []
     train_df = df.filter(pl.col("split") == "train").select("id", "source", group_col, "text")
@@ -110,7 +132,7 @@ def training_examples(df: pl.DataFrame, cfg: QualityConfig) -> pl.DataFrame:
                                     "order": pl.Float64, "chunk": pl.Utf8}, orient="row")
     # Cap each class (in the training part) by hash order: balanced, deterministic classes.
     train = ex.filter(~pl.col("holdout")).sort("order")
-    n = min(cfg.max_chunks_per_class, *train.group_by("label").len()["len"].to_list())
+    n = min(cfg.max_chunks_per_class, *train.group_by("label").len()["len"].to_list(), 2**62)
     train = train.filter(pl.int_range(pl.len()).over("label") < n)
     return pl.concat([train, ex.filter(pl.col("holdout"))]).sort("holdout", "order")
 
@@ -150,19 +172,30 @@ def train_quality_classifier(df: pl.DataFrame, cfg: QualityConfig, model_path: s
     precision/recall/accuracy overall and accuracy per source (and chunk counts)."""
     ex = training_examples(df, cfg)
     train, held = ex.filter(~pl.col("holdout")), ex.filter(pl.col("holdout"))
-    if train["label"].n_unique() < 2:
-        raise ValueError("filter.quality: training chunks hold only one class; add data or lower "
-                         "holdout_fraction")
+    by_label = {POS: 0, NEG: 0} | dict(train.group_by("label").len().iter_rows())
+    held_by_label = {POS: 0, NEG: 0} | dict(held.group_by("label").len().iter_rows())
+    metrics: dict = {"trained": False, "train_chunks": train.height, "holdout_chunks": held.height,
+                     "train_chunks_by_label": dict(sorted(by_label.items()))}
+    fewest = min(by_label, key=lambda k: (by_label[k], k))
+    if by_label[fewest] < cfg.min_chunks_per_class:
+        what = (f"positive_source {cfg.positive_source!r}" if fewest == POS
+                else "the other sources (negatives, after language ID and the rules)")
+        return _insufficient(metrics, cfg, (
+            f"{by_label[fewest]} training chunks of {what}, fewer than filter.quality.min_chunks_per_class "
+            f"{cfg.min_chunks_per_class}: add data, lower min_chunks_per_class or chunk_words"))
+    if min(held_by_label.values()) == 0:
+        return _insufficient(metrics, cfg, (
+            f"no held-out chunks of {'the positive' if held_by_label[POS] == 0 else 'the negative'} class "
+            "(each source needs 2+ groups for one to be held out), so accuracy cannot be measured: add "
+            "data or raise filter.quality.holdout_fraction"))
     model = _train([f"{lab} {c}" for lab, c in train.select("label", "chunk").iter_rows()], cfg,
                    Path(model_path))
-    metrics: dict = {"train_chunks": train.height, "holdout_chunks": held.height,
-                     "train_chunks_by_label": dict(sorted(train.group_by("label").len().iter_rows()))}
-    if held.is_empty():
-        return metrics
     pred_pos = score_texts(model, held["chunk"].to_list()) >= 0.5
     truth_pos = (held["label"] == POS).to_numpy()
     tp = int((pred_pos & truth_pos).sum())
+    balanced = float((pred_pos[truth_pos].mean() + (~pred_pos[~truth_pos]).mean()) / 2)
     metrics.update(
+        holdout_balanced_accuracy=balanced,
         holdout_accuracy=float((pred_pos == truth_pos).mean()),
         holdout_precision=tp / int(pred_pos.sum()) if pred_pos.any() else 0.0,
         holdout_recall=tp / int(truth_pos.sum()) if truth_pos.any() else 0.0,
@@ -172,7 +205,22 @@ def train_quality_classifier(df: pl.DataFrame, cfg: QualityConfig, model_path: s
             for m in [(held["source"] == s).to_numpy()]},
         holdout_chunks_by_source=dict(sorted(held.group_by("source").len().iter_rows())),
     )
+    if balanced < cfg.min_holdout_accuracy:
+        Path(model_path).unlink(missing_ok=True)
+        return _insufficient(metrics, cfg, (
+            f"held-out balanced accuracy {balanced:.3f} is below filter.quality.min_holdout_accuracy "
+            f"{cfg.min_holdout_accuracy} (chance 0.5): the classifier cannot tell positive_source "
+            f"{cfg.positive_source!r} from the rest; choose another positive_source or add data"))
+    metrics["trained"] = True
     return metrics
+
+
+def _insufficient(metrics: dict, cfg: QualityConfig, reason: str) -> dict:
+    """Raise (on_insufficient: fail) or return the metrics with `skipped_reason` (skip)."""
+    if cfg.on_insufficient == "fail":
+        raise InsufficientQualityData(f"quality classifier not used: {reason}; or set "
+                                      "filter.quality.on_insufficient: skip (or enabled: false)")
+    return {**metrics, "trained": False, "skipped_reason": reason}
 
 
 def load_quality_model(model_path: str | Path):
