@@ -5,7 +5,13 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from lmdata.filters.heuristics import HeuristicsConfig, check_text, heuristic_filter, record_filter, rule_names
+from lmdata.filters.heuristics import (
+    HeuristicsConfig,
+    check_text,
+    heuristic_filter,
+    record_filter,
+    rule_names,
+)
 
 # Plain prose: ~120 words, varied, full sentences ending in terminal punctuation.
 CLEAN = "\n".join([
@@ -145,3 +151,46 @@ def test_rule_fires_alone_and_can_be_switched_off(rule):
     reason, value, _ = check_text(ALONE[rule], only)
     assert reason == rule and value is not None
     assert check_text(ALONE[rule], HeuristicsConfig(disabled_rules=[*others, rule]))[0] is None
+
+
+# One-line quotes, a chat turn and titles: what a short-text corpus holds.
+SHORT_TEXTS = [
+    "Brevity is the soul of wit.",
+    "All that glitters is not gold.",
+    "The better part of valour is discretion.",
+    "We know what we are, but know not what we may be.",
+    "To be, or not to be, that is the question.",
+    "Sure, I can help with that: which file do you want to open?",
+    "A Midsummer Night's Dream",
+    "Notes on the history of the printing press",
+]
+
+
+def short_text_config() -> HeuristicsConfig:
+    """params.yaml's filter.heuristics with profiles/short_text.yaml on top (as `lmforge run --profile`)."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    base = yaml.safe_load((root / "params.yaml").read_text())["filter"]["heuristics"]
+    preset = yaml.safe_load((root / "profiles" / "short_text.yaml").read_text())["filter"]["heuristics"]
+    return HeuristicsConfig.from_dict({**base, **preset})
+
+
+def test_default_rules_drop_every_short_text():
+    cfg = HeuristicsConfig()
+    assert {check_text(t, cfg)[0] for t in SHORT_TEXTS} <= {"gopher_word_count"}
+    assert all(check_text(t, cfg)[0] for t in SHORT_TEXTS)
+
+
+def test_short_text_preset_keeps_one_line_quotes_and_still_rejects_junk():
+    cfg = short_text_config()
+    res = heuristic_filter(pl.DataFrame({"id": [str(i) for i in range(len(SHORT_TEXTS))], "text": SHORT_TEXTS}), cfg)
+    assert res.kept["text"].to_list() == SHORT_TEXTS, res.rejected.select("text", "reason")
+    assert check_text("", cfg)[0] == "empty"
+    assert check_text("{{Infobox | name = x}}", cfg)[0] is not None  # markup still fails (alpha words)
+    assert check_text("# # # # # # buy now # # #", cfg)[0] == "gopher_symbol_ratio"
+    assert check_text("\n".join(["spam spam spam spam"] * 6), cfg)[0] is not None  # repetition, from 20 words
+    assert check_text("We know what we are, but know not what we may be.", HeuristicsConfig(
+        min_doc_words=1, min_stop_words=0, c4_min_sentences=1))[0] == "gopher_top_2gram"  # "what we" x2: 28%

@@ -55,6 +55,9 @@ class HeuristicsConfig:
     min_alpha_words_ratio: float = 0.8  # words with a letter; Gopher 0.8
     min_stop_words: int = 2  # distinct stop words present; Gopher 2
     stop_words: list[str] = field(default_factory=lambda: list(STOP_WORDS))
+    # Gopher repetition (table A1). Shares of characters are noise on a text of a few words (one
+    # repeated pair of words in a 12-word quote is 28%): texts with fewer words skip these rules.
+    min_words_for_repetition: int = 0  # 0 = always applied (the short-text preset uses 20)
     # Gopher repetition (table A1)
     max_dup_para_frac: float = 0.3
     max_dup_para_char_frac: float = 0.2
@@ -285,12 +288,15 @@ def _ngram_codes(v: TextView, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def top_ngram_char_frac(v: TextView, n: int) -> float:
-    """Characters covered by the most frequent n-gram (ties: the first seen) / text characters."""
+    """Characters covered by the most frequent n-gram (ties: the first seen) / text characters.
+    An n-gram seen once repeats nothing: 0 (else every one-line text of a few words would fail)."""
     if len(v.words) < n:
         return 0.0
     codes, chars = _ngram_codes(v, n)
     _, first, counts = np.unique(codes, return_index=True, return_counts=True)
     top = counts.max()
+    if top < 2:
+        return 0.0
     i = first[counts == top].min()
     return _frac(float((chars[i] + n - 1) * top), len(v.text))  # joined with spaces
 
@@ -417,8 +423,9 @@ def check_text(text: str, c: HeuristicsConfig) -> tuple[str | None, float | None
         return ("empty", 0.0, text) if "empty" not in c.disabled_rules else (None, None, text)
     disabled = set(c.disabled_rules)
     view = TextView(text)
+    short = c.min_words_for_repetition > 0 and len(view.plain_words) < c.min_words_for_repetition
     for name, rule in doc_rules(c).items():
-        if name in disabled:
+        if name in disabled or (short and name.startswith(("gopher_dup_", "gopher_top_"))):
             continue
         value = rule(view, c)
         if value is not None:
