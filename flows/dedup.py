@@ -1,8 +1,11 @@
-"""Stage `dedup` for one dataset: exact + MinHash LSH near-duplicates + eval decontamination.
+"""Stage `dedup` for one dataset: eval decontamination, then exact + MinHash LSH near-duplicates.
 
-Per pass (corpus: whole text; instructions/comparisons: by prompt, then by whole record):
-signatures per shard in parallel tasks → one global task over ids and signatures only →
-decisions. Then one task per shard splits it into kept and rejected rows.
+Decontamination first, always (even with `dedup.exact` and `dedup.near` off): training documents
+that match a document of the frozen evaluation set (`data/evalset/<dataset>`, a reference that is
+never written here) are rejected as `eval_overlap`, with the evaluation set's own dedup settings
+(`evalset.dedup`). Then per pass (corpus: whole text; instructions/comparisons: by prompt, then by
+whole record): signatures per shard in parallel tasks → one global task over ids and signatures
+only → decisions. Then one task per shard splits it into kept and rejected rows.
 
     python -m flows.dedup corpus|instructions|comparisons [--params params.yaml]
 """
@@ -20,13 +23,17 @@ from prefect.cache_policies import NO_CACHE
 
 from flows._stage import data_root, dataset_main, map_shards, publish_metrics
 from lmdata.atomic import atomic_dir
+from lmdata.decontaminate import decontamination_config, find_overlaps
 from lmdata.dedup import DedupConfig, find_duplicates, load_index, members_needed, sign_shard, with_snippets
 from lmdata.runner import summarise
 from lmdata.shards import list_shards, read_shard
 from lmdata.stage import StepResult, split_by_decisions
 
 
-def without(df: pl.DataFrame, decisions_path: Path | None) -> pl.DataFrame:
+def without(df: pl.DataFrame, decisions_path: Path | None, split: str | None = None) -> pl.DataFrame:
+    """`df` less the ids already decided in `decisions_path`, restricted to one `split` if given."""
+    if split is not None:
+        df = df.filter(pl.col("split") == split)
     if decisions_path is None:
         return df
     return df.join(pl.read_parquet(decisions_path, columns=["id"]), on="id", how="anti", maintain_order="left")
@@ -34,8 +41,8 @@ def without(df: pl.DataFrame, decisions_path: Path | None) -> pl.DataFrame:
 
 @task(name="signatures", cache_policy=NO_CACHE)
 def signatures_task(in_path: Path, fields: list[str], cfg: DedupConfig, stem: Path,
-                    exclude: Path | None) -> dict:
-    df = without(read_shard(in_path), exclude)
+                    exclude: Path | None, split: str | None = None) -> dict:
+    df = without(read_shard(in_path), exclude, split)
     return sign_shard(df, fields, cfg, stem, shard=str(in_path))
 
 
@@ -47,9 +54,12 @@ def fetch_rows(needed: dict[str, list[str]], fields: list[str]) -> pl.DataFrame:
 
 
 @task(name="cluster", cache_policy=NO_CACHE)
-def cluster_task(stems: list[Path], fields: list[str], cfg: DedupConfig, out: Path) -> dict:
-    """Global phase: banding, union-find and keep rules over signatures; writes the decisions."""
+def cluster_task(stems: list[Path], fields: list[str], cfg: DedupConfig, out: Path, one_split: bool = False) -> dict:
+    """Global phase: banding, union-find and keep rules over signatures; writes the decisions.
+    `one_split`: every document competes alike (the evaluation set deduplicating itself)."""
     index = load_index(stems, cfg)
+    if one_split:
+        index.docs = index.docs.with_columns(split=pl.lit("train"))
     decisions, stats = find_duplicates(index, fields, cfg, fetch=lambda need: fetch_rows(need, fields))
     decisions.write_parquet(out)
     return with_snippets(stats, fetch_rows(members_needed(stats, index), fields), fields)
@@ -75,33 +85,87 @@ def explain_markdown(dataset: str, passes: list[tuple[list[str], dict]], metrics
     return "\n".join(lines)
 
 
+@task(name="eval-overlap", cache_policy=NO_CACHE)
+def overlap_task(stems: list[Path], fields: list[str], cfg: DedupConfig, out: Path) -> dict:
+    """Global phase of decontamination: training documents that pair with an evaluation document."""
+    decisions, stats = find_overlaps(load_index(stems, cfg), fields, cfg, fetch=lambda need: fetch_rows(need, fields))
+    decisions.write_parquet(out)
+    return stats
+
+
+def sign_all(shards: list[Path], stems: list[Path], fields: list[str], cfg: DedupConfig, exclude: Path | None,
+             split: str | None = None) -> None:
+    futures = [signatures_task.with_options(task_run_name=f"signatures-{p.stem}").submit(
+        p, fields, cfg, stem, exclude, split) for p, stem in zip(shards, stems)]
+    [f.result() for f in futures]
+
+
+def merged(files: list[Path], out: Path) -> Path:
+    pl.concat([pl.read_parquet(f) for f in files]).write_parquet(out)
+    return out
+
+
+def decontaminate(dataset: str, shards: list[Path], reference: list[Path], cfg: DedupConfig, work: Path
+                  ) -> tuple[Path, list[dict]]:
+    """Decontamination passes (the evaluation set's dedup fields) over the training rows of `shards`
+    against the `reference` shards; returns the decisions file and per-pass stats."""
+    files, stats = [], []
+    exclude: Path | None = None
+    for k, fields in enumerate(cfg.passes(dataset)):
+        pass_cfg = cfg.pass_config(dataset, k)
+        train_stems = [work / f"overlap{k}-train-{p.stem}" for p in shards]
+        ref_stems = [work / f"overlap{k}-eval-{p.stem}" for p in reference]
+        sign_all(shards, train_stems, fields, pass_cfg, exclude, split="train")
+        sign_all(reference, ref_stems, fields, pass_cfg, None, split="eval")
+        out = work / f"overlap-{k}.parquet"
+        stats.append(overlap_task(train_stems + ref_stems, fields, pass_cfg, out))
+        files.append(out)
+        exclude = merged(files, work / f"overlap-excluded-{k}.parquet")
+    return exclude, stats
+
+
+def run_passes(dataset: str, shards: list[Path], cfg: DedupConfig, work: Path, exclude: Path | None = None,
+               one_split: bool = False) -> tuple[Path | None, list[tuple[list[str], dict]]]:
+    """Every dedup pass of `dataset`, each on what the previous kept (rows in `exclude` are already
+    decided); returns the file of all decisions (with `exclude`'s) and each pass's explain-stats."""
+    explained = []
+    decision_files = [exclude] if exclude is not None else []
+    for k, fields in enumerate(cfg.passes(dataset)):
+        pass_cfg = cfg.pass_config(dataset, k)
+        stems = [work / f"pass{k}-{p.stem}" for p in shards]
+        sign_all(shards, stems, fields, pass_cfg, exclude)
+        out = work / f"decisions-{k}.parquet"
+        explained.append((fields, cluster_task(stems, fields, pass_cfg, out, one_split)))
+        decision_files.append(out)
+        exclude = merged(decision_files, work / f"excluded-{k}.parquet")
+    return exclude, explained
+
+
+def evalset_reference(params: dict, dataset: str) -> list[Path]:
+    folder = data_root(params) / "evalset" / dataset
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dedup {dataset}: no evaluation set at {folder} to decontaminate against "
+                                f"(run the evalset stage first: dvc repro evalset@{dataset})")
+    return list_shards(folder)
+
+
 @flow(name="dedup", log_prints=True)
 def dedup(dataset: str, params: dict) -> dict:
     cfg = DedupConfig.from_dict(params.get("dedup"))
-    passes = cfg.passes(dataset)
+    overlap_cfg = decontamination_config(DedupConfig.from_dict((params.get("evalset") or {}).get("dedup")))
+    cfg.passes(dataset), overlap_cfg.passes(dataset)  # both checked before any work
     in_dir = data_root(params) / "ingest" / dataset
     shards = list_shards(in_dir)
+    reference = evalset_reference(params, dataset)
     t0 = time.perf_counter()
-    explained = []
     with tempfile.TemporaryDirectory(prefix=".dedup-", dir=data_root(params)) as work:
         work = Path(work)
-        exclude: Path | None = None
-        decision_files = []
-        for k, fields in enumerate(passes):
-            pass_cfg = cfg.pass_config(dataset, k)
-            stems = [work / f"pass{k}-{p.stem}" for p in shards]
-            futures = [signatures_task.with_options(task_run_name=f"signatures-{p.stem}").submit(
-                p, fields, pass_cfg, stem, exclude) for p, stem in zip(shards, stems)]
-            [f.result() for f in futures]
-            out = work / f"decisions-{k}.parquet"
-            explained.append((fields, cluster_task(stems, fields, pass_cfg, out)))
-            decision_files.append(out)
-            exclude = work / f"excluded-{k}.parquet"
-            pl.concat([pl.read_parquet(f) for f in decision_files]).write_parquet(exclude)
+        exclude, overlap = decontaminate(dataset, shards, reference, overlap_cfg, work)
+        exclude, explained = run_passes(dataset, shards, cfg, work, exclude)
         step = functools.partial(apply_decisions, decisions_path=exclude)
         with atomic_dir(data_root(params) / "dedup" / dataset) as staging:
             stats = map_shards(step, in_dir, staging, dataset)
-    metrics = summarise(stats, time.perf_counter() - t0,
+    metrics = summarise(stats, time.perf_counter() - t0, decontamination=overlap,
                         passes=[{"fields": f, **{k: v for k, v in st.items() if k != "docs"}}
                                 for f, st in explained])
     publish_metrics("dedup", dataset, metrics, markdown=explain_markdown(dataset, explained, metrics))

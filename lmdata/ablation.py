@@ -31,6 +31,11 @@ DEFAULT_GRID: list[tuple[str, dict[str, Any]]] = [
     ("+langid", {"filter.langid.enabled": True}),
     ("+quality", {"filter.quality.enabled": True}),
 ]
+# Keys an ablation may not set: they change the frozen evaluation set (the split or its curation),
+# and every variant must be judged on the same bytes.
+FROZEN_KEYS = {"evalset": "the evaluation set's own curation settings",
+               "ingest.eval_fraction": "which groups are held out", "ingest.eval_salt": "which groups are held out",
+               "ingest.eval_groups": "which groups are held out"}
 METRICS = ("eval_bpb", "mc_accuracy")  # eval_bpb: lower is better; mc_accuracy: higher is better
 NOISE_SIGMAS = 2.0  # a step's effect is "real" only when |mean difference| >= 2 x the std of the differences
 
@@ -135,11 +140,16 @@ class AblationSpec:
         return AblationSpec(**{**self.__dict__, "seeds": seeds})
 
     def validate(self, params: dict) -> None:
-        """Every override key must exist in params.yaml (`dvc exp run -S` cannot set a missing key)."""
+        """Every override key must exist in params.yaml (`dvc exp run -S` cannot set a missing key),
+        and none may change the frozen evaluation set (see `FROZEN_KEYS`)."""
         checks = [("fixed", self.fixed), ("compute", self.compute.overrides()), ("seed_key", {self.seed_key: 0})]
         checks += [(f"variant {v.name!r}", v.overrides) for v in self.variants]
         for what, overrides in checks:
             for key in overrides:
+                frozen = next((f for f in FROZEN_KEYS if key == f or key.startswith(f + ".")), None)
+                if frozen:
+                    raise ConfigError(f"{what}: sets {key!r}, which changes the evaluation set every run is judged "
+                                      f"on ({frozen}: {FROZEN_KEYS[frozen]}); ablations vary the training side only")
                 if not has_dotted(params, key):
                     raise ConfigError(f"{what}: params key {key!r} does not exist in params.yaml "
                                       "(check the spelling; an ablation can only change existing params)")
@@ -251,7 +261,7 @@ def set_args(overrides: dict[str, Any]) -> list[str]:
 RESULT_COLUMNS: dict[str, str] = {
     "variant": "VARCHAR", "kind": "VARCHAR", "compare_to": "VARCHAR", "seed": "INTEGER",
     "params_hash": "VARCHAR", "base_rev": "VARCHAR", "exp_name": "VARCHAR", "exp_rev": "VARCHAR",
-    "docs_kept": "BIGINT",        # corpus training+eval documents after dedup and filter
+    "docs_kept": "BIGINT",        # corpus documents kept by filter (the evaluation set is its own stage)
     "train_docs": "BIGINT",       # training documents tokenized (balance's repeats counted)
     "unique_tokens": "DOUBLE",    # approx. tokens of the distinct training documents entering balance
     "data_tokens": "BIGINT",      # training tokens on disk (after balance's mixture and repeats)

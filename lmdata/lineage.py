@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 
-STAGES = ("ingest", "dedup", "filter", "balance")
+STAGES = ("ingest", "evalset", "dedup", "filter", "balance")  # evalset: the held-out rows
 LINEAGE_COLUMNS = ("id", "content_hash", "source", "locator", "split", "n_bytes")
 
 

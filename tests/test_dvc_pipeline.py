@@ -13,6 +13,7 @@ import yaml
 from tests.conftest import copy_project, python_env
 
 STAGES = ["ingest@corpus", "ingest@instructions", "ingest@comparisons",
+          "evalset@corpus", "evalset@instructions", "evalset@comparisons",
           "dedup@corpus", "dedup@instructions", "dedup@comparisons"]
 
 
@@ -48,7 +49,8 @@ def test_repro_is_incremental(tmp_path, prefect_server, raw_sample):
     status = sh(repo, sys.executable, "-m", "flows.cli", "status", env=env)
     changed = {line.split()[0] for line in status.splitlines() if "changed" in line} & set(STAGES)
     assert changed == {"ingest@instructions"}  # dedup@instructions follows once its input changes
-    assert ran(sh(repo, dvc, "repro", *STAGES, env=env)) == ["dedup@instructions", "ingest@instructions"]
+    assert ran(sh(repo, dvc, "repro", *STAGES, env=env)) == ["dedup@instructions", "evalset@instructions",
+                                                              "ingest@instructions"]
 
 
 def rerun_set(key: str) -> set[str]:
@@ -66,6 +68,8 @@ def rerun_set(key: str) -> set[str]:
 
 
 ALIGN = {"sft", "reward", "ppo", "dpo", "align_eval"}
+DATASETS = ("corpus", "instructions", "comparisons")
+TRAIN_SIDE = {f"{s}@{d}" for s in ("dedup", "filter", "balance") for d in DATASETS}
 
 
 @pytest.mark.parametrize("key, expected", [
@@ -73,6 +77,12 @@ ALIGN = {"sft", "reward", "ppo", "dpo", "align_eval"}
     ("balance.corpus.weights", {"balance@corpus", "tokenizer", "pretokenize", "pretrain", *ALIGN}),
     ("balance.comparisons.enabled", {"balance@comparisons", "reward", "ppo", "dpo", "align_eval"}),
     ("pretrain.gpt.learning_rate", {"pretrain", *ALIGN}),
+    # what ablations vary never reaches the evaluation set; its own settings rerun it and what follows
+    ("dedup.near", {*TRAIN_SIDE, "tokenizer", "pretokenize", "pretrain", *ALIGN}),
+    ("filter.langid.min_score", TRAIN_SIDE - {f"dedup@{d}" for d in DATASETS} | {"tokenizer", "pretokenize",
+                                                                                 "pretrain", *ALIGN}),
+    ("evalset.langid.min_score", {f"evalset@{d}" for d in DATASETS} | TRAIN_SIDE | {"tokenizer", "pretokenize",
+                                                                                   "pretrain", *ALIGN}),
 ])
 def test_a_param_change_reruns_its_stage_and_what_follows_nothing_before(key, expected):
     assert rerun_set(key) == expected

@@ -36,15 +36,19 @@ def params_for(tmp_path, root, kind: str) -> dict:
         "ingest": {"eval_fraction": 0.2, "corpus": {"sources": [
             {"type": "jsonl", "source": "web", "path": str(tiny_corpus(tmp_path)), "group_field": "group"}]}},
         "dedup": {"verify": True},
+        # random "w123" words: no language, no prose; the held-out rows are only deduplicated
+        "evalset": {"langid": {"enabled": False}, "heuristics": {"enabled": False}},
     }
 
 
 def run_stages(params: dict) -> dict:
     from flows._stage import task_runner
     from flows.dedup import dedup
+    from flows.evalset import evalset
     from flows.ingest import ingest
 
     ingest.with_options(task_runner=task_runner(params))("corpus", params)
+    evalset.with_options(task_runner=task_runner(params))("corpus", params)
     return dedup.with_options(task_runner=task_runner(params))("corpus", params)
 
 
