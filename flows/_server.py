@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,10 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 DEFAULT_PORT = 4200
+KEPT_SERVER_FILE = "lmforge-server.json"  # under PREFECT_HOME: a server `lmforge run --keep-server` left up
 
 
 def api_url(port: int) -> str:
     return f"http://127.0.0.1:{port}/api"
+
+
+def ui_url(url: str) -> str:
+    """The UI's address for an API URL (`http://127.0.0.1:PORT/api` -> `http://127.0.0.1:PORT`)."""
+    return url.removesuffix("/").removesuffix("/api")
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
@@ -33,16 +41,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def prefect_executable() -> str:
     exe = Path(sys.executable).parent / "prefect"
     return str(exe) if exe.exists() else "prefect"
 
 
-def start_server(port: int, log_path: Path | None = None) -> subprocess.Popen:
-    """Start `prefect server start --host 127.0.0.1` in the background."""
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+def server_env(port: int) -> dict[str, str]:
+    """Environment for a server on `port`. Prefect's UI asks `/ui-settings` where the API is, and the
+    answer defaults to port 4200 whatever port the server runs on: set it to this server's API."""
+    env = os.environ.copy()
+    env["PREFECT_UI_API_URL"] = env["PREFECT_SERVER_UI_API_URL"] = api_url(port)
+    return env
+
+
+def start_server(port: int, log_path: Path | None = None, inherit_output: bool = False) -> subprocess.Popen:
+    """Start `prefect server start --host 127.0.0.1` in the background, in its own process group (so
+    `stop_server` reaches every process it starts). Output goes to `log_path`, the terminal
+    (`inherit_output`) or nowhere."""
+    if inherit_output:
+        out = None
+    else:
+        out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     return subprocess.Popen([prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True)
+                            stdout=out, stderr=subprocess.STDOUT if out is not None else None,
+                            env=server_env(port), start_new_session=True)
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM the server's process group, SIGKILL it if it has not exited after `timeout` seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0) -> None:
@@ -56,26 +97,79 @@ def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float 
     raise TimeoutError(f"the Prefect server at {url} was not healthy after {timeout:.0f} s")
 
 
+class _Stopped(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def run_in_foreground(proc: subprocess.Popen) -> int:
+    """Wait for a server started by `start_server`; on SIGTERM, SIGINT (Ctrl-C) or SIGHUP stop it
+    (its whole process group) before returning, so no server outlives the command."""
+    def stop(signum, _frame):
+        raise _Stopped(signum)
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, stop) for s in handled}
+    try:
+        return proc.wait()
+    except _Stopped:
+        return 0
+    finally:
+        for s in handled:  # a second signal while stopping must not leave the server half-stopped
+            signal.signal(s, signal.SIG_IGN)
+        stop_server(proc)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _kept_server_record() -> Path:
+    return Path(os.environ.get("PREFECT_HOME", ".prefect")) / KEPT_SERVER_FILE
+
+
+def kept_server_url() -> str | None:
+    """The API URL of a server an earlier `lmforge run --keep-server` left up, if it still answers."""
+    record = _kept_server_record()
+    if not record.exists():
+        return None
+    try:
+        url = json.loads(record.read_text())["url"]
+    except (ValueError, KeyError):
+        return None
+    return url if healthy(url) else None
+
+
+class SharedServer(str):
+    """The API URL (a str), plus whether this process started the server and left it running."""
+
+    started: bool = False
+    kept_pid: int | None = None
+
+
 @contextlib.contextmanager
-def shared_server(log_path: Path | None = None) -> Iterator[str]:
-    """Yield the API URL of a Prefect server: the user's (`PREFECT_API_URL`, or one on the default
-    port started by `lmforge ui`), or one started here for the duration of the block."""
-    for url in filter(None, (os.environ.get("PREFECT_API_URL"), api_url(DEFAULT_PORT))):
+def shared_server(log_path: Path | None = None, keep: bool = False) -> Iterator[SharedServer]:
+    """Yield the API URL of a Prefect server: the user's (`PREFECT_API_URL`, one started by `lmforge
+    ui` on the default port, or one an earlier `--keep-server` run left up), or one started here
+    for the duration of the block, which `keep` leaves running afterwards (recorded under PREFECT_HOME
+    so later runs land on it too)."""
+    for url in filter(None, (os.environ.get("PREFECT_API_URL"), api_url(DEFAULT_PORT), kept_server_url())):
         if healthy(url):
             os.environ["PREFECT_API_URL"] = url
-            yield url
+            yield SharedServer(url)
             return
     port = free_port()
-    url = api_url(port)
+    server = SharedServer(api_url(port))
+    server.started = True
     proc = start_server(port, log_path)
     try:
-        wait_healthy(url, proc)
-        os.environ["PREFECT_API_URL"] = url
-        yield url
+        wait_healthy(server, proc)
+        os.environ["PREFECT_API_URL"] = server
+        if keep:
+            server.kept_pid = proc.pid
+            _kept_server_record().parent.mkdir(parents=True, exist_ok=True)
+            _kept_server_record().write_text(json.dumps({"url": str(server), "pid": proc.pid}) + "\n")
+        yield server
     finally:
         os.environ.pop("PREFECT_API_URL", None)
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if server.kept_pid is None or proc.poll() is not None:
+            stop_server(proc)

@@ -5,7 +5,11 @@
     lmforge status                      which stages are up to date
     lmforge query "SQL"                 DuckDB over every stage's kept and rejected shards
     lmforge why ID                      every stage a document went through, and why it was dropped
+    lmforge plots [--rev REV ...]       DVC's plots (loss curves, PPO scores) as PNG files, offline
     lmforge sample | evaluate | serve | chat | ablate   (see `lmforge COMMAND --help`)
+
+Expected mistakes (a wrong path, an empty prompt) print one line and exit 2; any other error one
+line and exit 1; `--debug` anywhere shows the traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +23,17 @@ from pathlib import Path
 
 import flows  # noqa: F401  (sets offline, quiet environment defaults)
 from flows._env import PROJECT_ROOT
-from flows._server import DEFAULT_PORT, api_url, prefect_executable, shared_server
+from flows._errors import UsageError, checkpoint_spec, error_line
+from flows._plots import add_plots_command
+from flows._server import (
+    DEFAULT_PORT,
+    api_url,
+    port_in_use,
+    run_in_foreground,
+    shared_server,
+    start_server,
+    ui_url,
+)
 
 
 def _venv_env() -> dict:
@@ -53,20 +67,36 @@ def profile_overrides(path: str) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     log = Path(os.environ["PREFECT_HOME"]) / "server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with shared_server(log_path=log) as url:
-        print(f"lmforge: Prefect API at {url} (UI: {url.removesuffix('/api')})", flush=True)
+    if args.profile and not Path(args.profile).is_file():
+        raise UsageError(f"--profile {args.profile}: no such file; profiles live in profiles/ (e.g. profiles/gpu.yaml)")
+    with shared_server(log_path=log, keep=args.keep_server) as url:
+        print(f"lmforge: Prefect UI at {ui_url(url)} (API {url})", flush=True)
         if args.profile:
             sets = [a for kv in profile_overrides(args.profile) for a in ("-S", kv)]
-            return dvc("exp", "run", *sets, *args.stages, check=False).returncode
-        repro = ["repro", *(["--force"] if args.force else []), *args.stages]
-        return dvc(*repro, check=False).returncode
+            rc = dvc("exp", "run", *sets, *args.stages, check=False).returncode
+        else:
+            repro = ["repro", *(["--force"] if args.force else []), *args.stages]
+            rc = dvc(*repro, check=False).returncode
+        if url.kept_pid is not None:
+            print(f"lmforge: the Prefect UI stays up at {ui_url(url)} (server pid {url.kept_pid}; later runs "
+                  f"land there; stop it with `kill -- -{url.kept_pid}`)", flush=True)
+        elif url.started:
+            print(f"lmforge: run finished; its Prefect server at {ui_url(url)} stops now. To keep watching, start "
+                  "`lmforge ui` in another terminal before the run (runs land there), or run "
+                  "`lmforge run --keep-server` (`LMFORGE_KEEP_SERVER=1 make run`)", flush=True)
+        return rc
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     url = api_url(args.port)
-    print(f"lmforge: Prefect UI at {url.removesuffix('/api')}  (export PREFECT_API_URL={url})", flush=True)
-    return subprocess.call([prefect_executable(), "server", "start", "--host", "127.0.0.1",
-                            "--port", str(args.port)], env=_venv_env())
+    if port_in_use(args.port):
+        raise UsageError(f"port {args.port} on 127.0.0.1 is already in use (a Prefect server already running? "
+                         f"open {ui_url(url)}); choose another with --port")
+    print(f"lmforge: Prefect UI at {ui_url(url)}  (export PREFECT_API_URL={url}; Ctrl-C stops it)", flush=True)
+    proc = start_server(args.port, inherit_output=True)
+    rc = run_in_foreground(proc)
+    print("lmforge: Prefect server stopped", flush=True)
+    return rc
 
 
 def stage_status() -> dict[str, str]:
@@ -113,13 +143,21 @@ def _print_rows(cur) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    import duckdb
+
     from lmdata import lineage
 
     con = lineage.connect(Path(args.data))
     if not args.sql:
         print("views:", ", ".join(lineage.views(con)))
         return 0
-    _print_rows(con.execute(args.sql))
+    try:
+        cur = con.execute(args.sql)
+    except duckdb.Error as e:  # a typo in the SQL: one line, no traceback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"lmforge query: {first} (views: {', '.join(lineage.views(con))})", file=sys.stderr)
+        return 2
+    _print_rows(cur)
     return 0
 
 
@@ -127,23 +165,26 @@ def cmd_why(args: argparse.Namespace) -> int:
     from lmdata import lineage
 
     con = lineage.connect(Path(args.data))
-    rows = lineage.why(con, args.id)
-    if not rows:
-        print(f"no document with id starting {args.id!r} under {args.data}/")
+    lines = lineage.explain(con, args.id, Path(args.params), Path(args.params).with_name("dvc.lock"))
+    if not lines:
+        print(f"no document with id starting {args.id!r} under {args.data}/", file=sys.stderr)
         return 1
-    for stage, dataset, status, doc_id, reason, detail, value in rows:
-        extra = f"  {reason}  {detail or ''}  {'' if value is None else value}" if reason else ""
-        print(f"{stage:<8} {dataset:<13} {status:<8} {doc_id}{extra}")
+    print("\n".join(lines))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lmforge", description="Raw text to a GPT through a reproducible DAG.")
+    ap.add_argument("--debug", action="store_true", help="show the Python traceback of an error (anywhere on "
+                    "the command line; also LMFORGE_DEBUG=1)")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="dvc repro with one shared Prefect server")
     p.add_argument("stages", nargs="*", help="stages to reproduce (default: all)")
     p.add_argument("--force", action="store_true")
     p.add_argument("--profile", help="a profile YAML (e.g. profiles/gpu.yaml) run as a DVC experiment")
+    p.add_argument("--keep-server", action="store_true", default=os.environ.get("LMFORGE_KEEP_SERVER") == "1",
+                   help="leave the Prefect server this run starts up afterwards, so its UI links keep working "
+                        "(also LMFORGE_KEEP_SERVER=1)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("ui", help="start the Prefect server and UI on 127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
@@ -154,9 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql", nargs="?")
     p.add_argument("--data", default="data")
     p.set_defaults(func=cmd_query)
-    p = sub.add_parser("why", help="trace one document (id or id prefix) through the stages")
+    p = sub.add_parser("why", help="trace one document (id or id prefix) through the stages: rule, value, "
+                       "threshold, setting")
     p.add_argument("id")
     p.add_argument("--data", default="data")
+    p.add_argument("--params", default="params.yaml", help="thresholds: this file, overlaid by its dvc.lock")
     p.set_defaults(func=cmd_why)
     for register in EXTRA_COMMANDS:
         register(sub)
@@ -167,6 +210,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from lmtrain.bundle import load_bundle
     from lmtrain.sample import stream_text
 
+    if not args.prompt:
+        raise UsageError("--prompt is empty: give the text to continue, e.g. --prompt 'ROMEO:'")
+    checkpoint_spec(args.checkpoint, "sample")
     model, tok = load_bundle(args.checkpoint)
     print(args.prompt, end="", flush=True)
     for piece in stream_text(model, tok, args.prompt, max_new_tokens=args.max_tokens, temperature=args.temperature,
@@ -192,6 +238,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from lmtrain.bundle import load_bundle
     from lmtrain.evaluate import hellaswag_accuracy
 
+    if not Path(args.hellaswag).is_file():
+        raise UsageError(f"--hellaswag {args.hellaswag}: no such file; give a local JSONL with one "
+                         '{"ctx", "endings", "label"} per line (HellaSwag\'s hellaswag_val.jsonl has this shape)')
+    checkpoint_spec(args.checkpoint, "evaluate")
     model, tok = load_bundle(args.checkpoint)
     model.eval()
     result = {"checkpoint": args.checkpoint, "file": args.hellaswag, **hellaswag_accuracy(model, tok, args.hellaswag)}
@@ -212,20 +262,40 @@ def add_evaluate_command(sub) -> None:
 def add_serve(sub) -> None:
     from lmtrain.serve import add_serve_command
 
-    add_serve_command(sub)
+    p = add_serve_command(sub)
+    serve = p.get_default("func")
+
+    def checked_serve(args: argparse.Namespace) -> int:
+        checkpoint_spec(args.checkpoint, "serve", gpt_only=True)
+        return serve(args)
+
+    p.set_defaults(func=checked_serve)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from lmtrain.chat import chat_loop
 
+    block_size = checkpoint_spec(args.checkpoint, "chat", gpt_only=True)["block_size"]
+    fits = chat_reply_tokens(block_size)
+    if args.max_tokens is None:
+        args.max_tokens = fits
+    elif not 0 < args.max_tokens < block_size:
+        raise UsageError(f"--max-tokens {args.max_tokens}: a reply must be 1 to {block_size - 1} tokens (the model's "
+                         f"context is {block_size}, shared with the conversation); the default is {fits}")
     chat_loop(args.checkpoint, max_new_tokens=args.max_tokens, temperature=args.temperature, system=args.system)
     return 0
+
+
+def chat_reply_tokens(block_size: int) -> int:
+    """Default reply length: at most 128 tokens and half the context, so the conversation keeps the rest."""
+    return max(1, min(128, block_size // 2))
 
 
 def add_chat_command(sub) -> None:
     p = sub.add_parser("chat", help="a terminal conversation with a chat checkpoint (/reset, /exit)")
     p.add_argument("--checkpoint", default="models/ppo/checkpoint")
-    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="reply length in tokens (default: min(128, half the model's context))")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--system", default=None)
     p.set_defaults(func=cmd_chat)
@@ -247,15 +317,30 @@ def add_ablate(sub) -> None:
     p.set_defaults(func=run)
 
 
-EXTRA_COMMANDS: list = [add_sample_command, add_evaluate_command, add_serve, add_chat_command, add_ablate]
+EXTRA_COMMANDS: list = [add_sample_command, add_evaluate_command, add_serve, add_chat_command, add_ablate,
+                        lambda sub: add_plots_command(sub, dvc)]
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("LMFORGE_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
     os.chdir(os.environ.get("LMFORGE_ROOT", os.getcwd()))
     if not Path("dvc.yaml").exists() and (PROJECT_ROOT / "dvc.yaml").exists():
         os.chdir(PROJECT_ROOT)
     args = build_parser().parse_args(argv)
-    return args.func(args) or 0
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"lmforge {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # every command: one line, not a traceback (--debug re-raises)
+        if debug:
+            raise
+        print(f"lmforge {args.command}: {error_line(e)}", file=sys.stderr, flush=True)
+        return 2 if isinstance(e, UsageError) else 1
 
 
 if __name__ == "__main__":
