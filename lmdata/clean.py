@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from lmdata.readers import ConfigError
+from lmdata.errors import ConfigError
 from lmdata.stage import StepResult, add_reason
 from lmdata.text import hash_hex, normalise_text
 from lmdata.wikitext import (
