@@ -24,7 +24,8 @@ from prefect.cache_policies import NO_CACHE
 from flows._stage import data_root, dataset_main, map_shards, publish_metrics
 from flows.dedup import apply_decisions, run_passes
 from lmdata.atomic import atomic_dir
-from lmdata.evalset import EvalsetConfig, chain_metrics, curation_rules, eval_rows
+from lmdata.clean import clean_stats
+from lmdata.evalset import EvalsetConfig, chain_metrics, curation_clean, curation_rules, eval_rows
 from lmdata.runner import summarise
 from lmdata.shards import REJECTED_DIR, list_shards, read_shard, write_shard
 
@@ -75,27 +76,32 @@ def evalset(dataset: str, params: dict) -> dict:
         if sum(counts) == 0:
             write_shard(eval_rows(read_shard(shards[0])), staging / f"{dataset}-00000.parquet", dataset)
             (staging / REJECTED_DIR).mkdir()
-            for name in ("dedup", "filter"):
+            for name in ("clean", "dedup", "filter"):
                 steps[name] = summarise([], 0.0)
         else:
-            deduped, filtered = work / "dedup", staging
-            exclude, explained = run_passes(dataset, list_shards(selected), cfg.dedup, work, one_split=True)
+            cleaned, deduped, filtered = work / "clean", work / "dedup", staging
+            clean = functools.partial(curation_clean, cfg=cfg)
+            steps["clean"] = summarise(map_shards(clean, selected, cleaned, dataset, reject_suffix="-clean"), 0.0)
+            exclude, explained = run_passes(dataset, list_shards(cleaned), cfg.dedup, work, one_split=True)
             dedup_step = functools.partial(apply_decisions, decisions_path=exclude)
-            steps["dedup"] = summarise(map_shards(dedup_step, selected, deduped, dataset, reject_suffix="-dedup"), 0.0)
+            steps["dedup"] = summarise(map_shards(dedup_step, cleaned, deduped, dataset, reject_suffix="-dedup"), 0.0)
             rules = functools.partial(curation_rules, dataset=dataset, cfg=cfg)
             steps["filter"] = summarise(map_shards(rules, deduped, filtered, dataset, reject_suffix="-filter"), 0.0)
+            collect_rejects(cleaned, staging)
             collect_rejects(deduped, staging)
-        kept = [pl.read_parquet(p, columns=["source", "n_bytes"]) for p in list_shards(staging)]
-    kept_df = pl.concat(kept) if kept else pl.DataFrame(schema={"source": pl.Utf8, "n_bytes": pl.Int64})
+        kept = [pl.read_parquet(p, columns=["source", "n_bytes", "clean"]) for p in list_shards(staging)
+                if "clean" in pl.read_parquet_schema(p)]
+    kept_df = pl.concat(kept) if kept else pl.DataFrame(schema={"source": pl.Utf8, "n_bytes": pl.Int64,
+                                                                "clean": pl.Utf8})
     totals = chain_metrics(steps)
     metrics = summarise([{**totals}], time.perf_counter() - t0, steps={k: {
         "rows_in": m["rows_in"], "rows_kept": m["rows_kept"], "rows_rejected": m["rows_rejected"],
         "rejected_by_reason": m["rejected_by_reason"]} for k, m in steps.items()},
-        bytes_kept=int(kept_df["n_bytes"].sum()),
+        bytes_kept=int(kept_df["n_bytes"].sum()), clean_changes=clean_stats(kept_df),
         dedup_passes=[{"fields": f, **{k: v for k, v in st.items() if k not in ("docs", "largest_clusters")}}
                       for f, st in explained],
         kept_by_source={s: n for s, n in kept_df.group_by("source").len().sort("source").rows()})
-    metrics["shards"] = len(kept)
+    metrics["shards"] = len(list_shards(root / "evalset" / dataset))
     publish_metrics("evalset", dataset, metrics, markdown=report(dataset, metrics))
     print(f"evalset {dataset}: {metrics['rows_kept']} of {metrics['rows_in']} held-out rows kept, "
           f"rejected {metrics['rejected_by_reason']}")

@@ -22,6 +22,7 @@ from typing import Any
 
 import polars as pl
 
+from lmdata.clean import CleanConfig, clean_step
 from lmdata.dedup import DedupConfig
 from lmdata.errors import ConfigError
 from lmdata.filters.heuristics import HeuristicsConfig, heuristic_filter, record_filter
@@ -45,7 +46,7 @@ def _section(build, value: Any, name: str):
 class EvalsetConfig:
     """params.yaml `evalset`, field for field; defaults equal the training side's reference settings."""
 
-    clean: dict = field(default_factory=dict)          # lmdata.clean.CleanConfig fields
+    clean: CleanConfig = field(default_factory=CleanConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     langid: LangIdConfig = field(default_factory=LangIdConfig)
     langid_fields: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_LANGID_FIELDS))
@@ -66,7 +67,7 @@ class EvalsetConfig:
         clean = d.get("clean") or {}
         if not isinstance(clean, dict):
             raise ConfigError(f"params.yaml evalset.clean: expected a mapping, got {clean!r}")
-        return cls(clean=dict(clean),
+        return cls(clean=CleanConfig.from_dict(clean, where="evalset.clean"),
                    dedup=_section(DedupConfig.from_dict, d.get("dedup"), "dedup"),
                    langid=_section(LangIdConfig.from_dict, d.get("langid"), "langid"),
                    langid_fields={**DEFAULT_LANGID_FIELDS, **fields_},
@@ -79,6 +80,11 @@ class EvalsetConfig:
 def eval_rows(df: pl.DataFrame) -> pl.DataFrame:
     """The held-out rows of an ingest shard (the only rows the evaluation set reads)."""
     return df.filter(pl.col("split") == "eval")
+
+
+def curation_clean(df: pl.DataFrame, cfg: EvalsetConfig) -> StepResult:
+    """The clean stage's step with the evaluation set's own settings (`evalset.clean`)."""
+    return clean_step(df, cfg.clean)
 
 
 def curation_rules(df: pl.DataFrame, dataset: str, cfg: EvalsetConfig) -> StepResult:

@@ -50,7 +50,9 @@ def eval_docs() -> dict[str, str]:
     words = e2.split(" ")
     words[20] = "lighthouse"  # one word changed: a near-identical copy
     return {"e1": e1, "e1-copy": e1, "e2": e2, "e2-near": " ".join(words), "e3": prose(3),
-            "e-german": GERMAN, "e-short": "The river was quiet and the garden was green today."}
+            "e-german": GERMAN, "e-short": "The river was quiet and the garden was green today.",
+            "e-redirect": "#REDIRECT [[River]]",
+            "e-wiki": "'''The harbour''' " + prose(4).replace("river", "[[river]]") + " {{cite web|url=x}}"}
 
 
 def write_ingest(root: Path, train: dict[str, str], held: dict[str, str]) -> int:
@@ -98,15 +100,20 @@ def test_eval_split_is_filtered_and_deduplicated_with_reasons(staged):
     rej = read_all(root / "evalset" / "corpus" / "rejected")
     reasons = dict(zip(rej["id"], rej["reason"]))
     near = next(i for i in ("e2", "e2-near") if i in reasons)  # the longer of the pair is kept
-    assert sorted(kept["id"]) == sorted(["e1", "e3", ({"e2", "e2-near"} - {near}).pop()])
+    assert sorted(kept["id"]) == sorted(["e1", "e3", "e-wiki", ({"e2", "e2-near"} - {near}).pop()])
     assert (kept["split"] == "eval").all()
     assert reasons["e1-copy"] == "exact_dup" and reasons[near] == "near_dup"
     assert reasons["e-german"] == "lang" and rej.filter(pl.col("id") == "e-german")["reason_detail"][0] == "de"
     assert reasons["e-short"].startswith("gopher_") or reasons["e-short"].startswith("c4_")
-    assert m["rows_in"] == 7 and m["rows_kept"] == 3 and m["rows_rejected"] == 4
+    assert reasons["e-redirect"] == "redirect"
+    wiki = kept.filter(pl.col("id") == "e-wiki")["text"][0]  # markup cleaned, then kept as prose
+    assert wiki.startswith("The harbour") and not any(m in wiki for m in ("{{", "[[", "'''"))
+    assert m["rows_in"] == 9 and m["rows_kept"] == 4 and m["rows_rejected"] == 5
+    assert m["steps"]["clean"]["rejected_by_reason"] == {"redirect": 1}
+    assert m["clean_changes"]["wikitext"]["docs_changed"] == 1
     assert m["steps"]["dedup"]["rejected_by_reason"] == {"exact_dup": 1, "near_dup": 1}
     saved = json.loads((Path("metrics") / "evalset" / "corpus.json").read_text())
-    assert saved["rows_kept"] == 3 and saved["kept_by_source"] == {"web": 3}
+    assert saved["rows_kept"] == 4 and saved["kept_by_source"] == {"web": 4}
     trail = lineage.why(lineage.connect(root), "e-german")
     assert [(t[0], t[2], t[4], t[5]) for t in trail] == [("ingest", "kept", None, None),
                                                         ("evalset", "rejected", "lang", "de")]
@@ -144,7 +151,7 @@ def test_training_copies_of_eval_documents_are_eval_overlap_even_with_dedup_off(
     assert got["t-copy-of-e3"] == ("eval_overlap", "e3")
     assert got["t-near-e1"] == ("eval_overlap", "e1")
     assert m["rejected_by_reason"] == {"eval_overlap": 2}
-    assert m["decontamination"][0]["eval_docs"] == 3  # the curated set, not the raw held-out rows
+    assert m["decontamination"][0]["eval_docs"] == 4  # the curated set, not the raw held-out rows
     # conservation across the fork: every ingest row is read by exactly one side
     train_in = m["rows_in"] - read_all(root / "ingest" / "corpus").filter(pl.col("split") == "eval").height
     assert train_in + ev["rows_in"] == n
