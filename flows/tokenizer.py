@@ -83,7 +83,7 @@ def tokenizer(params: dict) -> dict:
     with atomic_dir(out) as staging:
         trained = train_task(cfg, staging)
     tok = load_tokenizer(out)
-    report = describe(tok, list(split_texts(Path(cfg["input"]), "eval")))
+    report = describe(tok, list(split_texts(Path(cfg.get("eval_input", cfg["input"])), "eval")))
     metrics = {"kind": cfg["kind"], **trained, **report}
     publish_metrics("tokenizer", None, metrics)
     md = [f"# tokenizer ({cfg['kind']}, vocab {tok.vocab_size})", "",

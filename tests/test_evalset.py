@@ -202,3 +202,10 @@ def test_ablation_refuses_a_variant_that_sets_evalset(tmp_path):
     raw["variants"] = [{"name": "eval-groups", "base": "raw", "set": {"ingest.eval_fraction": 0.5}}]
     with pytest.raises(ConfigError, match="ingest.eval_fraction"):
         AblationSpec.from_dict(raw).runs(params)
+
+
+def test_short_text_preset_relaxes_the_evaluation_set_alike():
+    """A profile for short texts must relax the evaluation set's size rules too, or every held-out
+    quote is dropped and the models are judged on nothing."""
+    preset = yaml.safe_load((ROOT / "profiles" / "short_text.yaml").read_text())
+    assert preset["evalset"]["heuristics"] == preset["filter"]["heuristics"]
