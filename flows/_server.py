@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 DEFAULT_PORT = 4200
-KEPT_SERVER_FILE = "lmforge-server.json"  # under PREFECT_HOME: a server `lmforge run --keep-server` left up
+SERVER_RECORD = "lmforge-server.json"  # under PREFECT_HOME: the server `lmforge ui` or `run --keep-server` runs
 
 
 def api_url(port: int) -> str:
@@ -123,20 +123,33 @@ def run_in_foreground(proc: subprocess.Popen) -> int:
             signal.signal(s, handler)
 
 
-def _kept_server_record() -> Path:
-    return Path(os.environ.get("PREFECT_HOME", ".prefect")) / KEPT_SERVER_FILE
+def _server_record() -> Path:
+    return Path(os.environ.get("PREFECT_HOME", ".prefect")) / SERVER_RECORD
 
 
-def kept_server_url() -> str | None:
-    """The API URL of a server an earlier `lmforge run --keep-server` left up, if it still answers."""
-    record = _kept_server_record()
-    if not record.exists():
-        return None
+def record_server(url: str, pid: int) -> None:
+    """Note a long-lived server (`lmforge ui` on any port, `run --keep-server`) so runs find it."""
+    _server_record().parent.mkdir(parents=True, exist_ok=True)
+    _server_record().write_text(json.dumps({"url": url, "pid": pid}) + "\n")
+
+
+def _read_record() -> dict:
     try:
-        url = json.loads(record.read_text())["url"]
-    except (ValueError, KeyError):
-        return None
-    return url if healthy(url) else None
+        return json.loads(_server_record().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def forget_server(pid: int) -> None:
+    """Remove the record if it is this server's."""
+    if _read_record().get("pid") == pid:
+        _server_record().unlink(missing_ok=True)
+
+
+def recorded_server_url() -> str | None:
+    """The API URL of the recorded server, if it still answers."""
+    url = _read_record().get("url")
+    return url if isinstance(url, str) and healthy(url) else None
 
 
 class SharedServer(str):
@@ -149,10 +162,10 @@ class SharedServer(str):
 @contextlib.contextmanager
 def shared_server(log_path: Path | None = None, keep: bool = False) -> Iterator[SharedServer]:
     """Yield the API URL of a Prefect server: the user's (`PREFECT_API_URL`, one started by `lmforge
-    ui` on the default port, or one an earlier `--keep-server` run left up), or one started here
-    for the duration of the block, which `keep` leaves running afterwards (recorded under PREFECT_HOME
-    so later runs land on it too)."""
-    for url in filter(None, (os.environ.get("PREFECT_API_URL"), api_url(DEFAULT_PORT), kept_server_url())):
+    ui` on any port, or one an earlier `--keep-server` run left up), or one started here for the
+    duration of the block, which `keep` leaves running afterwards (recorded under PREFECT_HOME so
+    later runs land on it too)."""
+    for url in filter(None, (os.environ.get("PREFECT_API_URL"), recorded_server_url(), api_url(DEFAULT_PORT))):
         if healthy(url):
             os.environ["PREFECT_API_URL"] = url
             yield SharedServer(url)
@@ -166,8 +179,7 @@ def shared_server(log_path: Path | None = None, keep: bool = False) -> Iterator[
         os.environ["PREFECT_API_URL"] = server
         if keep:
             server.kept_pid = proc.pid
-            _kept_server_record().parent.mkdir(parents=True, exist_ok=True)
-            _kept_server_record().write_text(json.dumps({"url": str(server), "pid": proc.pid}) + "\n")
+            record_server(str(server), proc.pid)
         yield server
     finally:
         os.environ.pop("PREFECT_API_URL", None)

@@ -28,7 +28,9 @@ from flows._plots import add_plots_command
 from flows._server import (
     DEFAULT_PORT,
     api_url,
+    forget_server,
     port_in_use,
+    record_server,
     run_in_foreground,
     shared_server,
     start_server,
@@ -94,7 +96,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
                          f"open {ui_url(url)}); choose another with --port")
     print(f"lmforge: Prefect UI at {ui_url(url)}  (export PREFECT_API_URL={url}; Ctrl-C stops it)", flush=True)
     proc = start_server(args.port, inherit_output=True)
-    rc = run_in_foreground(proc)
+    record_server(url, proc.pid)  # `lmforge run` finds it on any port
+    try:
+        rc = run_in_foreground(proc)
+    finally:
+        forget_server(proc.pid)
     print("lmforge: Prefect server stopped", flush=True)
     return rc
 

@@ -20,8 +20,8 @@ from flows._server import (
     api_url,
     free_port,
     healthy,
-    kept_server_url,
     port_in_use,
+    recorded_server_url,
     shared_server,
     ui_url,
     wait_healthy,
@@ -63,7 +63,7 @@ def lmforge_ui(tmp_path_factory):
                             stderr=subprocess.STDOUT)
     try:
         wait_healthy(api_url(port), proc, timeout=180)
-        yield proc, port
+        yield proc, port, home
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -72,12 +72,20 @@ def lmforge_ui(tmp_path_factory):
 
 
 def test_lmforge_ui_serves_settings_with_its_port(lmforge_ui):
-    _, port = lmforge_ui
+    _, port, _ = lmforge_ui
     assert ui_settings(api_url(port))["api_url"] == f"http://127.0.0.1:{port}/api"
 
 
+def test_runs_land_on_lmforge_ui_whatever_its_port(lmforge_ui, monkeypatch):
+    _, port, home = lmforge_ui
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    monkeypatch.setenv("PREFECT_API_URL", "")  # unset for shared_server, restored afterwards
+    with shared_server() as url:
+        assert url == api_url(port) and not url.started
+
+
 def test_sigterm_to_lmforge_ui_stops_its_server(lmforge_ui):
-    proc, port = lmforge_ui
+    proc, port, home = lmforge_ui
     assert server_pids(port), "the server child should be running before the signal"
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
@@ -86,18 +94,19 @@ def test_sigterm_to_lmforge_ui_stops_its_server(lmforge_ui):
     assert "Prefect server stopped" in output
     assert server_pids(port) == []
     assert not port_in_use(port)
+    assert not (home / "lmforge-server.json").exists()
 
 
 def test_keep_server_leaves_the_run_server_up_for_later_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", "")  # unset for shared_server, restored afterwards
     if healthy(api_url(DEFAULT_PORT)):
         pytest.skip("a Prefect server on the default port would be reused, not started")
     with shared_server(log_path=tmp_path / "server.log", keep=True) as url:
         assert url.started and url.kept_pid
     try:
         assert healthy(url)
-        assert kept_server_url() == url
+        assert recorded_server_url() == url
         assert ui_settings(url)["api_url"] == url
         with shared_server() as again:  # the next run lands on the same server
             assert again == url and not again.started
