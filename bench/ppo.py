@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from lmtrain.model import GPT, GPT_CONFIGS, GPTConfig
-from lmtrain.ppo import PolicyWithValue, PPOConfig, ppo_update, rollout
-from lmtrain.reward import RewardModel
-from lmtrain.sft import generate_replies
+from lmtrain.align.ppo import PolicyWithValue, PPOConfig, ppo_update, rollout
+from lmtrain.align.reward_model import RewardModel
+from lmtrain.inference.generate import generate_replies
+from lmtrain.models.gpt import GPT, GPT_CONFIGS, GPTConfig
 from lmtrain.tokenizer import train_bpe
 
 RESULTS = Path(__file__).parent / "results" / "ppo.json"

@@ -1,6 +1,6 @@
 """Serving throughput and latency at 1, 4 and 16 concurrent clients, batched engine vs one-at-a-time.
 
-The server runs in its own process (`python -m lmtrain.serve`), the clients in this one (asyncio + httpx,
+The server runs in its own process (`python -m lmtrain.inference.serve`), the clients in this one (asyncio + httpx,
 streamed /v1/completions with usage). Each level sends the same requests: N clients, each sending its
 share one after the other. Model: `--checkpoint DIR` (a bundle), or else the project's `tiny` GPT
 (4 layers, 128 wide, context 128) with random weights and a 1,024-token BPE trained on pydoc topics;
@@ -36,9 +36,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lmtrain.bundle import attach_tokenizer, load_bundle  # noqa: E402
-from lmtrain.checkpoint import save_checkpoint  # noqa: E402
-from lmtrain.model import build_model  # noqa: E402
+from lmtrain.inference.generate import generate_tokens  # noqa: E402
+from lmtrain.models.bundle import attach_tokenizer, load_bundle  # noqa: E402
+from lmtrain.models.checkpoint import save_checkpoint  # noqa: E402
+from lmtrain.models.registry import build_model  # noqa: E402
 from lmtrain.tokenizer import train_bpe  # noqa: E402
 
 LEVELS = (1, 4, 16)
@@ -67,7 +68,7 @@ def free_port() -> int:
 
 def start_server(ckpt: Path, max_batch_size: int, threads: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lmtrain.serve", "--checkpoint", str(ckpt), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "lmtrain.inference.serve", "--checkpoint", str(ckpt), "--port", str(port),
                              "--max-batch-size", str(max_batch_size), "--max-waiting", "64", "--model-name", "bench",
                              "--log-level", "warning", "--threads", str(threads)], cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
@@ -133,7 +134,7 @@ def direct_tokens_per_s(ckpt: Path, n_requests: int, max_tokens: int) -> float:
     for i in range(n_requests):
         ids = torch.tensor([tok.encode(PROMPTS[i % len(PROMPTS)])])
         gen = torch.Generator().manual_seed(i)
-        total += sum(1 for _ in model.generate_tokens(ids, max_tokens, 1.0, generator=gen))
+        total += sum(1 for _ in generate_tokens(model, ids, max_tokens, 1.0, generator=gen))
     return total / (time.perf_counter() - t0)
 
 
@@ -180,7 +181,7 @@ def main() -> None:
         serial = measure(ckpt, 1, n_requests, max_tokens, args.threads, repeats)
     serial_name = "same server, --max-batch-size 1 (one request at a time)"
     rows = [row("tokens_per_s_1_clients", batched[1]["tokens_per_s"],
-                "model.generate_tokens in-process, no HTTP (one sequence)", direct, "tokens/s", True)]
+                "generate_tokens in-process, no HTTP (one sequence)", direct, "tokens/s", True)]
     for n in LEVELS[1:]:
         rows.append(row(f"tokens_per_s_{n}_clients", batched[n]["tokens_per_s"], serial_name,
                         serial[n]["tokens_per_s"], "tokens/s", True))

@@ -1,6 +1,11 @@
-"""Training throughput and MFU (eager vs torch.compile vs bf16 autocast) and KV-cache generation speed.
+"""Training throughput and utilisation (eager vs torch.compile vs bf16 autocast), KV-cache generation
+speed, and the same training step against the code of another commit, measured in the same run.
 
-    python bench/train.py [--quick]      -> bench/results/train.json and a table on stdout
+    python bench/train.py [--quick] [--before DIR]   -> bench/results/train.json and a table on stdout
+
+`--before DIR` (e.g. a `git worktree add /tmp/lmtrain-before <commit>`) times one eager float32
+optimizer step of the tiny and shakespeare_char GPTs with DIR's lmtrain and with this one,
+alternating subprocesses so both see the same machine load: `tokens_per_s_<config>_vs_before`.
 
 Configs: `tiny` (the default CPU profile's GPT) and a shakespeare_char-sized GPT (6 layers, 6 heads,
 384 wide, block 256, batch 64). Baseline for throughput: the same model eager in float32.
@@ -13,6 +18,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,8 +27,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lmtrain.flops import flops_per_token, measured_matmul_peak, spec_peak_name  # noqa: E402
-from lmtrain.model import GPT, GPT_CONFIGS, GPTConfig  # noqa: E402
+from lmtrain.inference.generate import generate  # noqa: E402
+from lmtrain.models.flops import device_spec_peak, flops_per_token, measured_matmul_peak  # noqa: E402
+from lmtrain.models.gpt import GPT, GPT_CONFIGS, GPTConfig  # noqa: E402
+from lmtrain.runtime import adamw  # noqa: E402
 
 VARIANTS = {"eager_fp32": (False, torch.float32), "compile_fp32": (True, torch.float32),
             "eager_bf16": (False, torch.bfloat16), "compile_bf16": (True, torch.bfloat16)}
@@ -32,7 +41,7 @@ def train_tokens_per_s(cfg: GPTConfig, batch: int, steps: int, compile_: bool, d
     """Tokens per second of the median optimizer step, after three warm-up (and compile) steps."""
     torch.manual_seed(0)
     model = GPT(cfg).to(device)
-    opt = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.type)
+    opt = adamw(model, 0.1, 1e-4, (0.9, 0.95), device.type)
     run = torch.compile(model) if compile_ else model
     x = torch.randint(cfg.vocab_size, (batch, cfg.block_size), device=device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
@@ -63,18 +72,91 @@ def sync(device: torch.device) -> None:
 
 def generation_tokens_per_s(model: GPT, prompt: torch.Tensor, new: int, use_cache: bool) -> float:
     g = torch.Generator(device=prompt.device).manual_seed(0)
-    model.generate(prompt, 8, use_cache=use_cache, generator=g)  # warm-up
+    generate(model, prompt, 8, use_cache=use_cache, generator=g)  # warm-up
     sync(prompt.device)
     t0 = time.perf_counter()
-    model.generate(prompt, new, use_cache=use_cache, generator=g)
+    generate(model, prompt, new, use_cache=use_cache, generator=g)
     sync(prompt.device)
     return new / (time.perf_counter() - t0)
+
+
+# One eager fp32 optimizer step of a GPT, timed with whichever lmtrain is first on sys.path: the layout
+# of this commit (lmtrain.models.gpt + lmtrain.runtime.adamw) or the flat one before it.
+STEP_SCRIPT = r"""
+import json, sys, time, torch
+sys.path.insert(0, sys.argv[1])
+torch.set_num_threads(int(sys.argv[5]))
+try:
+    from lmtrain.models.gpt import GPT, GPT_CONFIGS, GPTConfig
+    from lmtrain.runtime import adamw
+    make_opt = lambda m: adamw(m, 0.1, 1e-4, (0.9, 0.95), "cpu")
+except ImportError:
+    from lmtrain.model import GPT, GPT_CONFIGS, GPTConfig
+    make_opt = lambda m: m.configure_optimizers(0.1, 1e-4, (0.9, 0.95), "cpu")
+cfg = GPTConfig(**{**GPT_CONFIGS[sys.argv[2]], "vocab_size": 4096 if sys.argv[2] == "tiny" else 65, "dropout": 0.0})
+batch, steps = int(sys.argv[3]), int(sys.argv[4])
+torch.manual_seed(0)
+model = GPT(cfg)
+opt = make_opt(model)
+x = torch.randint(cfg.vocab_size, (batch, cfg.block_size))
+times = []
+for i in range(steps + 2):
+    t0 = time.perf_counter()
+    _, loss = model(x, x)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if i >= 2:
+        times.append(time.perf_counter() - t0)
+print(json.dumps({"tokens_per_s": batch * cfg.block_size / sorted(times)[len(times) // 2], "loss": float(loss)}))
+"""
+
+
+def step_tokens_per_s(root: Path, name: str, batch: int, steps: int, threads: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", STEP_SCRIPT, str(root), name, str(batch), str(steps), str(threads)],
+                         capture_output=True, text=True, check=True, env=env, cwd=root)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def before_after(before: Path, quick: bool, rounds: int = 3) -> list[dict]:
+    """Eager fp32 step tokens/s with `before`'s lmtrain vs this one, alternating, best of `rounds` medians."""
+    here = Path(__file__).resolve().parent.parent
+    rows = []
+    for name, batch, steps in (("tiny", 8 if quick else 32, 5 if quick else 10),
+                               ("shakespeare_char", 4 if quick else 16, 3 if quick else 5)):
+        best = {"before": 0.0, "after": 0.0}
+        losses = {}
+        for _ in range(rounds):
+            for label, root in (("before", before), ("after", here)):
+                r = step_tokens_per_s(root, name, batch, steps, threads=1)
+                best[label] = max(best[label], r["tokens_per_s"])
+                losses[label] = r["loss"]
+        print(f"{name:17s} eager fp32 step: before {best['before']:10,.0f} tok/s, after {best['after']:10,.0f} "
+              f"tok/s ({best['after'] / best['before']:.3f}x); loss after {steps + 2} steps {losses['before']:.6f} "
+              f"vs {losses['after']:.6f}", flush=True)
+        rows.append({"measure": f"tokens_per_s_{name}_vs_before", "ours": best["after"],
+                     "baseline": f"the same step with the code at {before} (1 thread, best of {rounds} medians)",
+                     "baseline_value": best["before"], "unit": "tokens/s", "ratio": best["after"] / best["before"]})
+        rows.append({"measure": f"loss_{name}_vs_before", "ours": losses["after"], "baseline": "loss before",
+                     "baseline_value": losses["before"], "unit": "nats",
+                     "ratio": 1.0 if abs(losses["after"] - losses["before"]) <= 1e-4 else 0.0})
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller batches, fewer steps")
+    parser.add_argument("--before", type=Path, help="a checkout of an earlier commit to time beside this one")
+    parser.add_argument("--only-before", action="store_true", help="only the before/after comparison")
     args = parser.parse_args()
+    if args.only_before:
+        rows = before_after(args.before, args.quick)
+        out = Path(__file__).resolve().parent / "results" / "train_before_after.json"
+        out.write_text(json.dumps({"benchmark": "train_before_after", "before": str(args.before), "rows": rows},
+                                  indent=2))
+        print(f"wrote {out}")
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     peaks = {dtype: measured_matmul_peak(device, dtype, seconds=1.0) for dtype in (torch.float32, torch.bfloat16)}
     setups = {  # name: (config, batch, timed steps)
@@ -90,14 +172,14 @@ def main() -> None:
         for variant, (compile_, dtype) in VARIANTS.items():
             tps = train_tokens_per_s(cfg, batch, steps, compile_, dtype, device)
             base = base or tps
-            mfu = tps * fpt / peaks[dtype]
-            print(f"{name:17s} {variant:13s} {tps:12,.0f} tok/s  MFU {100 * mfu:5.1f}%", flush=True)
+            mfu = tps * fpt / peaks[dtype]  # against the matmul measured here (no spec sheet on a CPU)
+            print(f"{name:17s} {variant:13s} {tps:12,.0f} tok/s  matmul utilisation {100 * mfu:5.1f}%", flush=True)
             rows.append({"measure": f"tokens_per_s_{name}_{variant}", "ours": tps,
                          "baseline": f"{name} eager float32", "baseline_value": base, "unit": "tokens/s",
                          "ratio": tps / base})
-            rows.append({"measure": f"mfu_{name}_{variant}", "ours": mfu,
+            rows.append({"measure": f"matmul_utilisation_{name}_{variant}", "ours": mfu,
                          "baseline": f"measured {str(dtype).removeprefix('torch.')} matmul peak "
-                                     f"{peaks[dtype] / 1e12:.2f} TFLOP/s; spec: {spec_peak_name(device)}",
+                                     f"{peaks[dtype] / 1e12:.2f} TFLOP/s; spec: {device_spec_peak(device, dtype)[0]}",
                          "baseline_value": 1.0, "unit": "fraction of peak", "ratio": mfu})
 
     torch.manual_seed(0)
@@ -110,6 +192,8 @@ def main() -> None:
           f"speedup {cached / recompute:.1f}x")
     rows.append({"measure": "kv_cache_generation_speedup", "ours": cached, "baseline": "full recompute per token",
                  "baseline_value": recompute, "unit": "tokens/s", "ratio": cached / recompute})
+    if args.before:
+        rows += before_after(args.before, args.quick)
 
     out = Path(__file__).resolve().parent / "results" / "train.json"
     out.parent.mkdir(parents=True, exist_ok=True)

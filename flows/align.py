@@ -10,7 +10,6 @@ PPO) and `judge` (another seed; used only to grade policies in `align_eval`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -20,11 +19,13 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from flows._stage import load_params
 from lmdata.atomic import write_json
 from lmdata.errors import ConfigError
-from lmtrain.align_eval import AlignEvalConfig, evaluate_alignment
-from lmtrain.dpo import DPOConfig, train_dpo
-from lmtrain.ppo import PPOConfig, train_ppo
-from lmtrain.reward import RewardConfig, train_judge, train_reward
-from lmtrain.sft import SFTConfig, train_sft
+from lmtrain.align.dpo import DPOConfig, train_dpo
+from lmtrain.align.evaluate import AlignEvalConfig, evaluate_alignment
+from lmtrain.align.ppo import PPOConfig, train_ppo
+from lmtrain.align.reward import RewardConfig, train_judge, train_reward
+from lmtrain.align.sft import SFTConfig, train_sft
+from lmtrain.config import ConfigError as TrainConfigError
+from lmtrain.config import build_config
 
 INSTRUCTIONS = Path("data/balance/instructions")
 COMPARISONS = Path("data/balance/comparisons")
@@ -32,13 +33,11 @@ OUT = Path("models")
 
 
 def config(cls, params: dict, section: str):
-    """A config dataclass from `params[section]`; unknown keys fail before any work."""
-    values = params.get(section, {}) or {}
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ConfigError(f"params {section}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**values)
+    """A config dataclass from `params[section]`, type-checked; unknown keys fail before any work."""
+    try:
+        return build_config(cls, params.get(section), section)
+    except TrainConfigError as e:
+        raise ConfigError(str(e)) from e
 
 
 def progress(key: str, total: int | None):

@@ -213,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from lmtrain.bundle import load_bundle
-    from lmtrain.sample import stream_text
+    from lmtrain.inference.generate import stream_text
+    from lmtrain.models.bundle import load_bundle
 
     if not args.prompt:
         raise UsageError("--prompt is empty: give the text to continue, e.g. --prompt 'ROMEO:'")
@@ -241,8 +241,8 @@ def add_sample_command(sub) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from lmtrain.bundle import load_bundle
-    from lmtrain.evaluate import hellaswag_accuracy
+    from lmtrain.models.bundle import load_bundle
+    from lmtrain.pretrain.evaluate import hellaswag_accuracy
 
     if not Path(args.hellaswag).is_file():
         raise UsageError(f"--hellaswag {args.hellaswag}: no such file; give a local JSONL with one "
@@ -266,7 +266,7 @@ def add_evaluate_command(sub) -> None:
 
 
 def add_serve(sub) -> None:
-    from lmtrain.serve import add_serve_command
+    from lmtrain.inference.serve import add_serve_command
 
     p = add_serve_command(sub)
     serve = p.get_default("func")
@@ -279,7 +279,7 @@ def add_serve(sub) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from lmtrain.chat import chat_loop
+    from lmtrain.inference.chat import chat_loop
 
     block_size = checkpoint_spec(args.checkpoint, "chat", gpt_only=True)["block_size"]
     fits = chat_reply_tokens(block_size)

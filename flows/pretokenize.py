@@ -18,7 +18,8 @@ from prefect.cache_policies import NO_CACHE
 from flows._stage import load_params, publish_metrics, task_runner
 from lmdata.atomic import atomic_dir
 from lmdata.shards import list_shards
-from lmtrain.tokenizer import load_tokenizer, write_token_shard
+from lmtrain.data.shards import write_token_shard
+from lmtrain.tokenizer import load_tokenizer
 
 
 def shard_texts(shard: Path, split: str) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -23,25 +22,22 @@ from prefect.cache_policies import NO_CACHE
 from flows._stage import load_params
 from lmdata.atomic import write_json
 from lmdata.errors import ConfigError
-from lmtrain.bundle import attach_tokenizer, load_bundle
-from lmtrain.sample import sample_text
-from lmtrain.train import TrainConfig, render_loss_png, train
+from lmtrain.config import ConfigError as TrainConfigError
+from lmtrain.config import pretrain_configs
+from lmtrain.inference.generate import sample_text
+from lmtrain.models.bundle import attach_tokenizer, load_bundle
+from lmtrain.pretrain.curves import render_loss_png
+from lmtrain.pretrain.train import TrainConfig, train
 
 MODELS = ("bigram", "mlp", "gpt")
 
 
 def train_configs(params: dict) -> dict[str, TrainConfig]:
-    """One TrainConfig per model: `pretrain.common` overridden by `pretrain.<model>`."""
-    section = params.get("pretrain", {})
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    out = {}
-    for name in section.get("models", list(MODELS)):
-        merged = {**section.get("common", {}), **section.get(name, {})}
-        unknown = set(merged) - known
-        if unknown:
-            raise ConfigError(f"pretrain.{name}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
-        out[name] = TrainConfig(**{"model": name, **merged})
-    return out
+    """One TrainConfig per model: `pretrain.common` overridden by `pretrain.<model>`, type-checked."""
+    try:
+        return pretrain_configs(params, TrainConfig, MODELS)
+    except TrainConfigError as e:
+        raise ConfigError(str(e)) from e
 
 
 @task(name="train-model", cache_policy=NO_CACHE)
@@ -91,8 +87,9 @@ def pretrain(params: dict, only: list[str] | None = None) -> dict:
         m = train_model.with_options(task_run_name=f"train-{name}")(name, cfg, tokens / "train", tokens / "eval",
                                                                     root / name)
         attach_tokenizer(root / name / "checkpoint", tok_dir)
-        results[name] = {k: m[k] for k in ("eval_loss", "eval_bpb", "mc_accuracy", "tokens_per_s", "mfu", "params",
-                                           "steps", "tokens", "seconds", "train_loss") if k in m}
+        results[name] = {k: m[k] for k in ("eval_loss", "eval_bpb", "mc_accuracy", "tokens_per_s", "mfu",
+                                           "matmul_utilisation", "params", "steps", "tokens", "seconds",
+                                           "train_loss") if k in m}
         print(f"pretrain {name}: eval bpb {m['eval_bpb']:.4f}, loss {m['eval_loss']:.4f}, "
               f"mc {m.get('mc_accuracy')}, {m['tokens_per_s']:.0f} tok/s")
     write_json(metrics_path, results)

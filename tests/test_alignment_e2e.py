@@ -9,15 +9,16 @@ import pytest
 import safetensors.torch as st
 import torch
 
-from lmtrain.align_eval import AlignEvalConfig, evaluate_alignment
-from lmtrain.bundle import attach_tokenizer
-from lmtrain.chat import chat_loop
-from lmtrain.checkpoint import save_checkpoint
-from lmtrain.dpo import DPOConfig, train_dpo
-from lmtrain.model import build_model
-from lmtrain.ppo import LOG_FIELDS, PPOConfig, train_ppo
-from lmtrain.reward import RewardConfig, load_reward_model, score_ids, train_judge, train_reward
-from lmtrain.sft import SFTConfig, load_gpt, train_sft
+from lmtrain.align.dpo import DPOConfig, train_dpo
+from lmtrain.align.evaluate import AlignEvalConfig, evaluate_alignment
+from lmtrain.align.ppo import LOG_FIELDS, PPOConfig, train_ppo
+from lmtrain.align.reward import RewardConfig, train_judge, train_reward
+from lmtrain.align.reward_model import load_reward_model, score_ids
+from lmtrain.align.sft import SFTConfig, train_sft
+from lmtrain.inference.chat import chat_loop
+from lmtrain.models.bundle import attach_tokenizer, load_gpt
+from lmtrain.models.checkpoint import save_checkpoint
+from lmtrain.models.registry import build_model
 from lmtrain.tokenizer import train_bpe
 
 pytestmark = pytest.mark.slow
@@ -164,3 +165,17 @@ def test_outputs_are_deterministic(chain, tmp_path):
     assert again["samples"] == chain["sft"]["samples"]
 
 
+
+
+def test_dpo_micro_batches_accumulate_to_the_whole_batch(chain, tmp_path):
+    """Micro-batches (chunked forward + gradient accumulation) give the whole batch's losses."""
+    root, sft = chain["root"], chain["root"] / "sft" / "checkpoint"
+    runs = {}
+    for micro in (0, 1):
+        cfg = DPOConfig(epochs=1, batch_size=4, learning_rate=3e-3, micro_batch_size=micro, eval_batch_size=3)
+        train_dpo(cfg, sft, root / "cmp", root / "cmp", tmp_path / f"m{micro}")
+        runs[micro] = json.loads((tmp_path / f"m{micro}" / "history.json").read_text())
+    assert len(runs[0]) == len(runs[1]) > 1
+    for whole, micro in zip(runs[0], runs[1]):
+        assert micro["loss"] == pytest.approx(whole["loss"], abs=1e-5)
+        assert micro["reward_margin"] == pytest.approx(whole["reward_margin"], abs=1e-5)

@@ -26,10 +26,10 @@ def test_two_rank_ddp_matches_single_process(tmp_path):
     train_dir, eval_dir = make_corpus(tmp_path)
     dirs = ["--train-dir", str(train_dir), "--eval-dir", str(eval_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "lmtrain.train", *ARGS, *dirs, "--batch-size", "8",
+    subprocess.run([sys.executable, "-m", "lmtrain.pretrain.train", *ARGS, *dirs, "--batch-size", "8",
                     "--out", str(tmp_path / "single")], check=True, capture_output=True, env=env)
     torchrun = Path(sys.executable).parent / "torchrun"
-    ddp = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "lmtrain.train", *ARGS,
+    ddp = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "lmtrain.pretrain.train", *ARGS,
                           *dirs, "--batch-size", "4", "--out", str(tmp_path / "ddp")],
                          capture_output=True, text=True, env=env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]

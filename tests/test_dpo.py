@@ -4,9 +4,9 @@ import math
 
 import torch
 
-from lmtrain.dpo import dpo_loss, sequence_logprobs
-from lmtrain.model import GPT, GPTConfig
-from lmtrain.sft import token_logprobs
+from lmtrain.align.common import sequence_logprobs, token_logprobs
+from lmtrain.align.dpo import dpo_loss
+from lmtrain.models.gpt import GPT, GPTConfig
 
 
 def test_dpo_loss_on_known_numbers():

@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from lmtrain.data import TokenShards, eval_windows, write_shard
-from lmtrain.evaluate import (
+from lmtrain.data.shards import TokenShards, write_shard
+from lmtrain.data.windows import eval_windows
+from lmtrain.models.registry import build_model
+from lmtrain.pretrain.evaluate import (
     evaluate_loss,
     hellaswag_accuracy,
     multiple_choice_accuracy,
     multiple_choice_items,
     read_hellaswag,
 )
-from lmtrain.model import build_model
 
 
 def make_split(folder, sizes=(300, 77), vocab=20, seed=0):
@@ -98,8 +99,8 @@ def test_hellaswag_reader_names_the_bad_line(tmp_path):
 
 def test_lmforge_evaluate_scores_a_checkpoint_on_a_hellaswag_file(tmp_path, capsys):
     from flows.cli import main
-    from lmtrain.bundle import attach_tokenizer
-    from lmtrain.checkpoint import save_checkpoint
+    from lmtrain.models.bundle import attach_tokenizer
+    from lmtrain.models.checkpoint import save_checkpoint
     from lmtrain.tokenizer import train_bpe
 
     tok = train_bpe(["the cat sat on the mat and the dog sat on the log"] * 4, vocab_size=280)

@@ -7,8 +7,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from lmtrain.hf import GPT2Tokenizer, _bytes_to_unicode, export_hf, import_hf  # noqa: E402
-from lmtrain.model import GPT, GPTConfig  # noqa: E402
+from lmtrain.inference.generate import generate  # noqa: E402
+from lmtrain.models.gpt import GPT, GPTConfig  # noqa: E402
+from lmtrain.models.hf import GPT2Tokenizer, _bytes_to_unicode, export_hf, import_hf  # noqa: E402
 
 
 def random_hf_model():
@@ -66,5 +67,5 @@ def test_imported_folder_with_tokenizer_can_be_sampled(tmp_path):
     write_tiny_bpe(tmp_path)
     model, tokenizer = import_hf(tmp_path)
     ids = tokenizer.encode("hello there")
-    out = model.generate(torch.tensor([ids]), 5, generator=torch.Generator().manual_seed(0))
+    out = generate(model, torch.tensor([ids]), 5, generator=torch.Generator().manual_seed(0))
     assert isinstance(tokenizer.decode(out[0].tolist()), str)

@@ -3,7 +3,10 @@
 import pytest
 import torch
 
-from lmtrain.model import GPT, GPT_CONFIGS, GPTConfig, build_model, sample_next_token
+from lmtrain.inference.generate import generate
+from lmtrain.inference.sampling import sample as sample_next_token
+from lmtrain.models.gpt import GPT, GPT_CONFIGS, GPTConfig
+from lmtrain.models.registry import build_model
 
 # HF transformers' GPT2LMHeadModel sizes (tied embeddings, 50257 tokens, 1024 positions)
 KNOWN_GPT2_PARAMS = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080,
@@ -48,14 +51,14 @@ def test_kv_cache_matches_full_forward_prefill_then_steps():
 def test_cached_and_recomputed_generation_agree():
     model = small_gpt()
     prompt = torch.randint(50, (1, 5))
-    a = model.generate(prompt, 20, temperature=0, use_cache=True)
-    b = model.generate(prompt, 20, temperature=0, use_cache=False)
+    a = generate(model, prompt, 20, temperature=0, use_cache=True)
+    b = generate(model, prompt, 20, temperature=0, use_cache=False)
     assert torch.equal(a, b)
 
 
 def test_generation_longer_than_block_falls_back_to_cropping():
     model = small_gpt()
-    out = model.generate(torch.zeros(1, 30, dtype=torch.long), 10, generator=torch.Generator().manual_seed(0))
+    out = generate(model, torch.zeros(1, 30, dtype=torch.long), 10, generator=torch.Generator().manual_seed(0))
     assert out.shape == (1, 40)
 
 
@@ -84,7 +87,7 @@ def test_every_kind_shares_the_training_interface(kind):
     assert loss.item() == pytest.approx(torch.log(torch.tensor(40.0)).item(), abs=0.5)  # near uniform at init
     loss.backward()
     model.eval()
-    assert model.generate(x[:1, :3], 5).shape == (1, 8)
+    assert generate(model, x[:1, :3], 5).shape == (1, 8)
 
 
 def test_mlp_sees_only_its_context_window():
@@ -114,7 +117,7 @@ class ByteTokenizerWithBytes(ByteTokenizer):
 
 @pytest.mark.parametrize("tokenizer", [ByteTokenizer(), ByteTokenizerWithBytes()])
 def test_streaming_never_splits_a_multibyte_character(tokenizer):
-    from lmtrain.sample import stream_text
+    from lmtrain.inference.generate import stream_text
 
     target = "é€!".encode()  # 2- and 3-byte characters, one byte per token
     model = build_model("bigram", "tiny", vocab_size=256)
@@ -127,9 +130,48 @@ def test_streaming_never_splits_a_multibyte_character(tokenizer):
 
 
 def test_flops_per_token_follows_6n_plus_attention():
-    from lmtrain.flops import flops_per_token
+    from lmtrain.models.flops import flops_per_token
 
     with torch.device("meta"):
         model = GPT(GPTConfig(**GPT_CONFIGS["gpt2"]))
     n = KNOWN_GPT2_PARAMS["gpt2"] - 1024 * 768  # the position table is a lookup, not a matmul
     assert flops_per_token(model, 1024) == 6 * n + 12 * 12 * 768 * 1024
+
+
+def test_kv_cache_rows_of_different_lengths_match_separate_forwards():
+    """One forward pass serves a cache whose rows each sit at their own position (the engine's batch)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=16)).eval()
+    a, b = torch.randint(50, (1, 7)), torch.randint(50, (1, 4))
+    nxt = torch.tensor([[3], [9]])
+    with torch.no_grad():
+        cache = model.new_kv_cache(2)
+        model(a, kv_cache=cache, row_start=0)
+        model(b, kv_cache=cache, row_start=1)  # prefill row 1 alone
+        assert cache.lengths == [7, 4]
+        both, _ = model(nxt, kv_cache=cache)  # one step for both rows, each at its own position
+        alone_a, _ = model(torch.cat([a, nxt[:1]], 1))
+        alone_b, _ = model(torch.cat([b, nxt[1:]], 1))
+    torch.testing.assert_close(both[0, -1], alone_a[0, -1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[1, -1], alone_b[0, -1], atol=1e-5, rtol=1e-5)
+    h = model.hidden_states(a)
+    assert h.shape == (1, 7, 16)  # hidden states on request: what reward and value heads read
+
+
+def test_kv_cache_is_kept_in_the_compute_dtype():
+    model = GPT(GPTConfig(block_size=16, vocab_size=40, n_layer=1, n_head=2, n_embd=16))
+    assert model.new_kv_cache(1).k[0].dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = model.new_kv_cache(1)
+        logits, _ = model(torch.randint(40, (1, 5)), kv_cache=cache)
+    assert cache.k[0].dtype == torch.bfloat16 and logits.shape == (1, 5, 40)
+
+
+def test_vocab_padding_keeps_the_vocabulary_visible():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=100, n_layer=1, n_head=2, n_embd=16, vocab_multiple=64))
+    assert model.transformer.wte.weight.shape[0] == 128 and model.lm_head.weight.shape[0] == 128
+    x = torch.randint(100, (2, 8))
+    logits, loss = model(x, x)
+    assert logits.shape == (2, 8, 100) and torch.isfinite(loss)
+    assert generate(model, x[:, :3], 5).max() < 100

@@ -6,11 +6,18 @@ import math
 import pytest
 import torch
 
-from lmtrain.model import GPT, GPTConfig
-from lmtrain.ppo import AdaptiveKLController, FixedKLController, compute_gae, policy_loss, value_loss, whiten
-from lmtrain.sft import generate_replies, stop_ids
+from lmtrain.align.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    compute_gae,
+    policy_loss,
+    value_loss,
+    whiten,
+)
+from lmtrain.inference.generate import generate_replies
+from lmtrain.models.gpt import GPT, GPTConfig
 from lmtrain.tokenizer import train_bpe
-from lmtrain.tokenizer.chat import END_OF_TURN
+from lmtrain.tokenizer.chat import END_OF_TURN, stop_ids
 
 
 def direct_gae(r: list[float], v: list[float], gamma: float, lam: float) -> list[float]:

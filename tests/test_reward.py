@@ -4,17 +4,10 @@ import math
 
 import torch
 
-from lmtrain.model import GPT, GPTConfig
-from lmtrain.reward import (
-    RewardModel,
-    bradley_terry_loss,
-    calibration_table,
-    mirror,
-    pair_half,
-    pairwise_accuracy,
-    select_subset,
-    training_pairs,
-)
+from lmtrain.align.pairs import mirror, pair_half, select_subset, training_pairs
+from lmtrain.align.reward import calibration_table
+from lmtrain.align.reward_model import RewardModel, bradley_terry_loss, pairwise_accuracy
+from lmtrain.models.gpt import GPT, GPTConfig
 
 
 def test_bradley_terry_loss_on_known_numbers():

@@ -19,11 +19,11 @@ import torch
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
-from lmtrain.bundle import attach_tokenizer  # noqa: E402
-from lmtrain.checkpoint import save_checkpoint  # noqa: E402
-from lmtrain.engine import wait_idle  # noqa: E402
-from lmtrain.model import build_model  # noqa: E402
-from lmtrain.serve import build_app  # noqa: E402
+from lmtrain.inference.engine import wait_idle  # noqa: E402
+from lmtrain.inference.serve import build_app  # noqa: E402
+from lmtrain.models.bundle import attach_tokenizer  # noqa: E402
+from lmtrain.models.checkpoint import save_checkpoint  # noqa: E402
+from lmtrain.models.registry import build_model  # noqa: E402
 from lmtrain.tokenizer import train_bpe  # noqa: E402
 
 MODEL = "tiny-test"
@@ -225,17 +225,17 @@ def test_bounded_concurrent_load_matches_requests_served_alone(server, client):
     assert wait_idle(engine(server))
 
 
-def test_sample_batch_follows_each_rows_settings():
+def test_sample_at_follows_each_rows_settings():
     """Greedy rows take the argmax; sampled rows follow softmax(logits / T) within their top-k / top-p set."""
-    from lmtrain.engine import sample_batch
+    from lmtrain.inference.sampling import sample_at
 
     torch.manual_seed(0)
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(4, 1)
     n = 4000
     draws = {row: [] for row in range(4)}
     for _ in range(n // 4):
-        toks = sample_batch(logits, [0.0, 1.0, 1.0, 1.0], [None, None, 2, None], [None, None, None, 0.7],
-                            torch.rand(4))
+        toks = sample_at(logits, [0.0, 1.0, 1.0, 1.0], [None, None, 2, None], [None, None, None, 0.7],
+                         torch.rand(4)).tolist()
         for row, t in enumerate(toks):
             draws[row].append(t)
     assert set(draws[0]) == {0}
@@ -248,7 +248,7 @@ def test_sample_batch_follows_each_rows_settings():
 def test_serve_command_binds_loopback_by_default():
     import argparse
 
-    from lmtrain.serve import add_serve_command
+    from lmtrain.inference.serve import add_serve_command
 
     parser = argparse.ArgumentParser(prog="lmforge")
     add_serve_command(parser.add_subparsers(dest="command"))

@@ -6,8 +6,10 @@ import polars as pl
 import pytest
 import torch
 
-from lmtrain.model import GPT, GPTConfig
-from lmtrain.sft import pad_batch, read_conversations, sft_example, truncate_turns
+from lmtrain.align.common import pad_batch
+from lmtrain.align.sft import sft_example, truncate_turns
+from lmtrain.data.tables import read_conversations
+from lmtrain.models.gpt import GPT, GPTConfig
 from lmtrain.tokenizer import train_bpe
 from lmtrain.tokenizer.chat import ASSISTANT, END_OF_TURN, EOT, SYSTEM, USER
 

@@ -8,9 +8,9 @@ import pydoc_data.topics
 import numpy as np
 import pytest
 
-from lmtrain.tokenizer import read_token_shard, train_bpe, write_token_shard
+from lmtrain.data.shards import read_token_shard, shard_report, write_token_shard
+from lmtrain.tokenizer import train_bpe
 from lmtrain.tokenizer.char import CharTokenizer
-from lmtrain.tokenizer.tokens import shard_report
 
 TOPICS = pydoc_data.topics.topics
 DOCS = [TOPICS[k] for k in sorted(TOPICS)[:30]] + ["", "café ☕ 東京"]

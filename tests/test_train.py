@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from lmtrain.data import RandomWindows, TokenShards, write_shard
-from lmtrain.train import TrainConfig, lr_at, train
+from lmtrain.data.shards import TokenShards, write_shard
+from lmtrain.data.windows import RandomWindows
+from lmtrain.pretrain.train import TrainConfig, lr_at, train
 
 
 def make_corpus(root, vocab=32, n_train=6000, n_eval=1500):
@@ -60,8 +61,9 @@ def test_training_learns_and_writes_its_outputs(tmp_path):
     first, last = progress[0]["train_loss"], progress[-1]["train_loss"]
     assert first > math.log(32) - 0.5 and last < first - 0.5
     assert [p["step"] for p in progress] == list(range(1, 13))
-    for key in ("eval_loss", "eval_bpb", "mc_accuracy", "tokens_per_s", "mfu"):
+    for key in ("eval_loss", "eval_bpb", "mc_accuracy", "tokens_per_s", "matmul_utilisation"):
         assert isinstance(m[key], float), key
+    assert m["mfu"] is None and m["peak_flops_spec"].startswith("none")  # a CPU has no spec-sheet peak
     assert m["eval_tokens"] == 1500 and m["eval_bpb"] == pytest.approx(m["eval_loss"] / (3 * math.log(2)))
     out = tmp_path / "out"
     assert json.loads((out / "metrics.json").read_text())["eval_loss"] == m["eval_loss"]
@@ -89,7 +91,7 @@ def test_tokens_per_step_must_be_a_multiple_of_the_micro_batch(tmp_path):
 def test_cli_runs_without_prefect_or_polars(tmp_path):
     train_dir, eval_dir = make_corpus(tmp_path)
     code = ("import sys; sys.modules['prefect'] = sys.modules['polars'] = sys.modules['dvc'] = None\n"
-            "from lmtrain.train import main; main(sys.argv[1:])")
+            "from lmtrain.pretrain.train import main; main(sys.argv[1:])")
     args = ["--model", "mlp", "--config", "tiny", "--train-dir", str(train_dir), "--eval-dir", str(eval_dir),
             "--out", str(tmp_path / "out"), "--max-steps", "3", "--block-size", "32", "--batch-size", "8",
             "--mc-items", "0", "--progress", "false"]

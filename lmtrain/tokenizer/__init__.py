@@ -1,5 +1,5 @@
-"""Tokenizers built here: byte-level BPE (served by tiktoken), character-level, the chat template
-and token shards. See bpe.py, core.py, char.py, chat.py, tokens.py."""
+"""Tokenizers built here: byte-level BPE (served by tiktoken), character-level and the chat template.
+See bpe.py, core.py, char.py, chat.py; token shards are lmtrain.data.shards."""
 
 from collections.abc import Iterable, Sequence
 
@@ -7,7 +7,6 @@ from lmtrain.tokenizer.bpe import DEFAULT_VOCAB_SIZE, GPT2_VOCAB_SIZE, count_chu
 from lmtrain.tokenizer.char import CharTokenizer, train_char
 from lmtrain.tokenizer.chat import DEFAULT_SPECIALS, EOT, parse, render
 from lmtrain.tokenizer.core import DEFAULT_PATTERN, Tokenizer
-from lmtrain.tokenizer.tokens import read_token_shard, shard_report, write_token_shard
 
 
 def load_tokenizer(folder) -> Tokenizer | CharTokenizer:
@@ -28,6 +27,6 @@ def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int = D
 
 __all__ = [
     "DEFAULT_PATTERN", "DEFAULT_SPECIALS", "DEFAULT_VOCAB_SIZE", "EOT", "GPT2_VOCAB_SIZE", "CharTokenizer",
-    "Tokenizer", "count_chunks", "learn_merges", "load_tokenizer", "parse", "read_token_shard", "render", "shard_report",
-    "train_bpe", "train_char", "train_tokenizer", "write_token_shard",
+    "Tokenizer", "count_chunks", "learn_merges", "load_tokenizer", "parse", "render",
+    "train_bpe", "train_char", "train_tokenizer",
 ]

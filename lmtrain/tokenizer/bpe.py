@@ -27,10 +27,8 @@ import heapq
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
-import regex
-
 from lmtrain.tokenizer.chat import DEFAULT_SPECIALS
-from lmtrain.tokenizer.core import DEFAULT_PATTERN, Tokenizer
+from lmtrain.tokenizer.core import DEFAULT_PATTERN, Tokenizer, valid_utf8
 
 DEFAULT_VOCAB_SIZE = 4096  # tiny profile
 GPT2_VOCAB_SIZE = 50257  # GPT-2 profile
@@ -38,17 +36,10 @@ GPT2_VOCAB_SIZE = 50257  # GPT-2 profile
 Pair = tuple[int, int]
 
 
-def valid_utf8(text: str) -> str:
-    """`text` with lone surrogates replaced by U+FFFD, the way tiktoken treats them."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
 def count_chunks(texts: Iterable[str], pattern: str = DEFAULT_PATTERN) -> Counter[bytes]:
     """How often each distinct pre-split chunk (as UTF-8 bytes) occurs in `texts`."""
+    import regex  # only training needs it (encoding is tiktoken's)
+
     split = regex.compile(pattern).findall
     counts: Counter[str] = Counter()
     for text in texts:

@@ -16,16 +16,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import regex
 
-from lmtrain.tokenizer.bpe import valid_utf8
 from lmtrain.tokenizer.chat import DEFAULT_SPECIALS, EOT
 from lmtrain.tokenizer.core import (
     FORMAT,
+    LOADERS,
     RANKS_FILE,
     SIDECAR_FILE,
     content_hash,
     read_sidecar,
+    valid_utf8,
     write_tokenizer_files,
 )
 
@@ -50,6 +50,8 @@ class CharTokenizer:
             raise ValueError(f"special token ids {dict(special_tokens)} do not follow the {len(self.chars)} chars")
         self._codepoints = np.array([ord(c) for c in self.chars], dtype=np.int64)
         self._unk = self.chars.index(REPLACEMENT)
+        import regex  # imported here: loading lmtrain.tokenizer needs only tiktoken (bare GPU images)
+
         self._specials_re = regex.compile("|".join(regex.escape(s) for s in names)) if names else None
         self.hash = content_hash(self.kind, self.pattern, self.special_tokens, self._ranks_file())
 
@@ -127,6 +129,9 @@ class CharTokenizer:
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size}, hash={self.hash[:12]})"
+
+
+LOADERS["char"] = CharTokenizer.load
 
 
 def train_char(texts: Iterable[str], special_tokens: Sequence[str] = DEFAULT_SPECIALS) -> CharTokenizer:

@@ -101,3 +101,22 @@ def parse(ids: Sequence[int], tok: _Tok) -> list[dict]:
     if role is not None:
         messages.append({"role": role, "content": tok.decode(body)})
     return messages
+
+
+def prompt_ids(tok, prompt: str | Sequence[dict]) -> list[int]:
+    """Rendered ids of a user prompt (or a conversation) followed by the `<|assistant|>` marker."""
+    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return render(msgs, tok, add_generation_prompt=True)[0]
+
+
+def response_ids(tok, response: str, max_tokens: int = 0, close: bool = True) -> list[int]:
+    """Tokens of an assistant reply, cut to max_tokens (0 = no cut), closed by `<|end|>` if `close`."""
+    ids = tok.encode(response)
+    if max_tokens > 0:
+        ids = ids[:max_tokens]
+    return ids + [tok.special_tokens[END_OF_TURN]] if close else ids
+
+
+def stop_ids(tok) -> set[int]:
+    """Tokens that end a reply: `<|end|>` and `<|endoftext|>`."""
+    return {tok.special_tokens[END_OF_TURN], tok.special_tokens[EOT]}

@@ -27,14 +27,10 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import tiktoken
 
 from lmtrain.tokenizer.chat import EOT
-
-if TYPE_CHECKING:
-    from lmtrain.tokenizer.char import CharTokenizer
 
 FORMAT = "lmforge-tokenizer-v1"
 RANKS_FILE = "tokenizer.tiktoken"
@@ -46,6 +42,19 @@ DEFAULT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
     r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
+
+
+def valid_utf8(text: str) -> str:
+    """`text` with lone surrogates replaced by U+FFFD, the way tiktoken treats them."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+# Loaders of the other tokenizer kinds, by sidecar `kind`; each kind's module registers its own.
+LOADERS: dict = {}
 
 
 def default_threads() -> int:
@@ -148,13 +157,12 @@ class Tokenizer:
         return Path(folder)
 
     @classmethod
-    def load(cls, folder: str | Path) -> Tokenizer | CharTokenizer:
-        """Load a saved tokenizer (BPE or character-level, by the sidecar's `kind`) and check its hash."""
+    def load(cls, folder: str | Path):
+        """Load a saved tokenizer of any kind (by the sidecar's `kind`) and check its hash."""
         folder = Path(folder)
         meta = read_sidecar(folder)
-        if meta["kind"] == "char":
-            from lmtrain.tokenizer.char import CharTokenizer
-            return CharTokenizer.load(folder)
+        if meta["kind"] in LOADERS:  # other kinds register here (char.py), so core imports none of them
+            return LOADERS[meta["kind"]](folder)
         if meta["kind"] != "bpe":
             raise ValueError(f"{folder / SIDECAR_FILE}: unknown tokenizer kind {meta['kind']!r}")
         ranks = {}

@@ -8,13 +8,15 @@ the history, `/exit`, `/quit` or end of input leave.
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from lmtrain.sft import load_gpt, prompt_ids, stop_ids
+from lmtrain.inference.decode import TextStream
+from lmtrain.inference.generate import generate_tokens
+from lmtrain.models.bundle import load_gpt
+from lmtrain.tokenizer.chat import prompt_ids, stop_ids
 
 
 def _fit(history: list[dict], tok, budget: int) -> list[int]:
@@ -37,7 +39,8 @@ def chat_loop(ckpt_dir: str | Path, input_fn: Callable[[str], str] = input, outp
     if max_new_tokens >= model.block_size:
         raise ValueError(f"max_new_tokens {max_new_tokens} must be below the model's block_size {model.block_size}")
     stops = stop_ids(tok)
-    g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
     base = [{"role": "system", "content": system}] if system else []
     history = list(base)
     turns = 0
@@ -56,20 +59,19 @@ def chat_loop(ckpt_dir: str | Path, input_fn: Callable[[str], str] = input, outp
             continue
         turns += 1
         history.append({"role": "user", "content": line})
-        idx = torch.tensor([_fit(history, tok, model.block_size - max_new_tokens)])
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        idx = torch.tensor([_fit(history, tok, model.block_size - max_new_tokens)], device=device)
+        text = TextStream(tok)
         reply_ids: list[int] = []
         output_fn("bot> ", end="", flush=True)
-        for t in model.generate_tokens(idx, max_new_tokens, temperature, top_k or None,
-                                       top_p if 0 < top_p < 1 else None, generator=g):
+        for t in generate_tokens(model, idx, max_new_tokens, temperature, top_k or None,
+                                 top_p if 0 < top_p < 1 else None, generator=g):
             token = int(t[0, 0])
             if token in stops:
                 break
             reply_ids.append(token)
-            piece = decoder.decode(tok.token_bytes(token))  # a token may end mid-character
+            piece, _ = text.push(token)  # a token may end mid-character: held back until complete
             if piece:
                 output_fn(piece, end="", flush=True)
-        tail = decoder.decode(b"", final=True)
-        output_fn(tail)
+        output_fn(text.flush())
         history.append({"role": "assistant", "content": tok.decode(reply_ids)})
     return history

@@ -1,19 +1,16 @@
 """Baseline language models with the GPT's interface: a bigram table and a makemore-style MLP.
 
-Both take idx (B, T) and return (logits (B, T, vocab), loss or None), expose `block_size` (the
-window the training loop feeds them) and `generate`, so one training loop serves all three.
+Both take idx (B, T) and return (logits (B, T, vocab), loss or None) and expose `block_size` (the
+window the training loop feeds them), so one training loop and one generator serve all three.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-
-from lmtrain.model import configure_adamw, generate_by_recompute
 
 
 @dataclass
@@ -42,30 +39,11 @@ MLP_CONFIGS: dict[str, dict] = {"tiny": dict(block_size=128, context=8, n_embd=4
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
     if targets is None:
         return None
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
 
 
-class _Sampling:
-    """generate / generate_tokens by recomputation: these models are cheap enough not to need a cache."""
-
-    @torch.no_grad()
-    def generate_tokens(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                        top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-                        generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
-        """Yield sampled tokens (B, 1) one step at a time (use_cache is accepted and ignored)."""
-        yield from generate_by_recompute(self, idx, max_new_tokens, temperature, top_k, top_p, generator)
-
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Append max_new_tokens sampled tokens to idx (B, T)."""
-        new = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator))
-        return torch.cat([idx, *new], dim=1)
-
-    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
-                             device_type: str) -> torch.optim.AdamW:
-        return configure_adamw(self, weight_decay, learning_rate, betas, device_type)
+class _Baseline:
+    """What the training loop and the generator read from every model."""
 
     @property
     def block_size(self) -> int:
@@ -75,7 +53,7 @@ class _Sampling:
         return sum(p.numel() for p in self.parameters())
 
 
-class BigramLanguageModel(_Sampling, nn.Module):
+class BigramLanguageModel(_Baseline, nn.Module):
     """Next token from the current token alone: a vocab x vocab table of logits."""
 
     def __init__(self, config: BigramConfig) -> None:
@@ -90,7 +68,7 @@ class BigramLanguageModel(_Sampling, nn.Module):
         return logits, _cross_entropy(logits, targets)
 
 
-class MLPLanguageModel(_Sampling, nn.Module):
+class MLPLanguageModel(_Baseline, nn.Module):
     """Concatenated embeddings of the last `context` tokens -> Linear -> BatchNorm -> tanh -> dropout -> logits.
 
     Positions before the start of the window see a dedicated padding token (id vocab_size).

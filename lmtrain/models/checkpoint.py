@@ -2,7 +2,7 @@
 
 A checkpoint folder holds
   model.safetensors   weights (tied weights stored once)
-  model.json          {"kind", "config"}: rebuild the model with lmtrain.model.build_model
+  model.json          {"kind", "config"}: rebuild the model with lmtrain.models.registry.build_model
   state.safetensors   optimizer moments, RNG states, any other training tensors
   state.json          step, optimizer hyper-parameters, data position, history, ...
 Loading reads only these formats, so an untrusted checkpoint cannot run code.
@@ -18,7 +18,7 @@ import safetensors.torch as st
 import torch
 import torch.nn as nn
 
-from lmtrain.model import build_model, model_spec
+from lmtrain.models.registry import build_model, model_spec
 
 
 def save_checkpoint(ckpt_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,

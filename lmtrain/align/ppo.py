@@ -24,19 +24,16 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from lmtrain.model import GPT
-from lmtrain.reward import RewardModel, load_reward_model, score_ids
-from lmtrain.sft import (
-    generate_replies,
-    hidden_states,
-    load_gpt,
-    pad_batch,
-    prompt_ids,
-    read_conversations,
-    save_bundle,
-    stop_ids,
-    token_logprobs,
-)
+from lmtrain.align.common import pad_batch, token_logprobs
+from lmtrain.align.reward_model import RewardModel, load_reward_model, score_ids
+from lmtrain.config import OptimConfig
+from lmtrain.data.tables import read_conversations
+from lmtrain.inference.generate import generate_replies
+from lmtrain.models.bundle import load_gpt, save_bundle
+from lmtrain.models.gpt import GPT
+from lmtrain.progress import Progress
+from lmtrain.runtime import Runtime, adamw, optimizer_step, setup
+from lmtrain.tokenizer.chat import prompt_ids, stop_ids
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 LOG_FIELDS = ("step", "reward", "score", "kl", "kl_coef", "entropy", "clip_fraction", "value_loss", "policy_loss",
@@ -44,8 +41,11 @@ LOG_FIELDS = ("step", "reward", "score", "kl", "kl_coef", "entropy", "clip_fract
 
 
 @dataclass
-class PPOConfig:
-    """params.yaml `ppo` section; TRL / DeepSpeed-Chat defaults where they exist."""
+class PPOConfig(OptimConfig):
+    """params.yaml `ppo` section; TRL / DeepSpeed-Chat defaults where they exist, equal to params.yaml's.
+
+    The learning rate is constant (warmup_steps and min_lr_ratio are not used by PPO).
+    """
 
     steps: int = 60  # PPO iterations (one rollout batch + its updates each)
     prompts_per_step: int = 4  # distinct training prompts per rollout batch
@@ -57,7 +57,6 @@ class PPOConfig:
     ppo_epochs: int = 2  # passes over each rollout batch
     minibatch_size: int = 8  # replies per gradient step
     learning_rate: float = 5e-5
-    grad_clip: float = 1.0
     clip_range: float = 0.2  # policy ratio clip (TRL cliprange)
     value_clip: float = 0.2  # value clip around the rollout values (TRL cliprange_value)
     vf_coef: float = 0.1  # weight of the value loss (TRL)
@@ -71,8 +70,6 @@ class PPOConfig:
     no_end_penalty: float = 0.0  # subtracted from the score of a reply that never emitted <|end|>; 0 = off
     kl_max: float = 10.0  # stop (keeping the last good policy) when mean KL per response exceeds this
     whiten_advantages: bool = True
-    seed: int = 1337
-    threads: int = 0
 
 
 class PolicyWithValue(nn.Module):
@@ -87,8 +84,8 @@ class PolicyWithValue(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, T, V) and values (B, T)."""
-        h = hidden_states(self.gpt, idx)
-        return self.gpt.lm_head(h), self.value_head(h).squeeze(-1)
+        h = self.gpt.hidden_states(idx)
+        return self.gpt.lm_head(h)[..., :self.gpt.config.vocab_size], self.value_head(h).squeeze(-1)
 
 
 class AdaptiveKLController:
@@ -180,37 +177,45 @@ def reply_stats(logits: torch.Tensor, values: torch.Tensor, seqs: torch.Tensor, 
 
 
 def rollout(policy: PolicyWithValue, ref: GPT, rm: RewardModel, tok, prompts: Sequence[list[int]],
-            cfg: PPOConfig, kl_coef: float, generator: torch.Generator, use_cache: bool = True) -> dict:
+            cfg: PPOConfig, kl_coef: float, generator: torch.Generator, use_cache: bool = True,
+            rt: Runtime | None = None) -> dict:
     """Sample replies, score them and build everything the PPO update needs (no gradients).
 
-    `use_cache=False` samples by full recomputation (the benchmark's baseline).
+    `generator` draws the samples on the policy's device. `use_cache=False` samples by full
+    recomputation (the benchmark's baseline).
     """
+    device = next(policy.parameters()).device
+    rt = rt or Runtime(device, torch.float32)
     stops, end_id = stop_ids(tok), tok.special_tokens["<|end|>"]
     seqs, starts, replies, score_rows = [], [], [], []
     for p in prompts:
         p = p[-(policy.gpt.block_size - cfg.max_new_tokens):]
-        for r in generate_replies(policy.gpt, p, cfg.samples_per_prompt, cfg.max_new_tokens, stops,
-                                  cfg.temperature, cfg.top_k, cfg.top_p, generator, use_cache):
+        with rt.autocast():
+            replies_p = generate_replies(policy.gpt, p, cfg.samples_per_prompt, cfg.max_new_tokens, stops,
+                                         cfg.temperature, cfg.top_k, cfg.top_p, generator, use_cache)
+        for r in replies_p:
             seqs.append(p + r)
             starts.append(len(p))
             replies.append(r)
             score_rows.append(p + (r if r[-1] == end_id else r + [end_id]))  # the RM reads a closed turn
-    lengths = torch.tensor([len(r) for r in replies])
-    width = int(lengths.max())
-    mask = (torch.arange(width)[None, :] < lengths[:, None]).float()
-    x = pad_batch(seqs, tok.eot_id)
-    st_ = torch.tensor(starts)
-    with torch.no_grad():
+    lengths = torch.tensor([len(r) for r in replies], device=device)
+    width = max(len(r) for r in replies)
+    mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).float()
+    x = pad_batch(seqs, tok.eot_id).to(device)
+    st_ = torch.tensor(starts, device=device)
+    with torch.no_grad(), rt.autocast():
         logits, values = policy(x)
-        logp, values, _ = reply_stats(logits, values, x, st_, width)
+        logp, values, _ = reply_stats(logits, values.float(), x, st_, width)
         ref_logits, _ = ref(x)
         ref_logp, _, _ = reply_stats(ref_logits, torch.zeros_like(x, dtype=torch.float), x, st_, width)
-        scores = score_ids(rm, score_rows, tok.eot_id)
-    ended = torch.tensor([float(r[-1] in stops) for r in replies])
+    with torch.no_grad():
+        scores = score_ids(rm, score_rows, tok.eot_id).to(device)
+    logp, ref_logp = logp.float(), ref_logp.float()
+    ended = torch.tensor([float(r[-1] in stops) for r in replies], device=device)
     clipped = scores.clamp(-cfg.reward_clip, cfg.reward_clip) - cfg.no_end_penalty * (1 - ended)
     kl = (logp - ref_logp) * mask
     rewards = -kl_coef * kl
-    rewards[torch.arange(len(replies)), lengths - 1] += clipped
+    rewards[torch.arange(len(replies), device=device), lengths - 1] += clipped
     values = values * mask
     adv, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
@@ -221,8 +226,11 @@ def rollout(policy: PolicyWithValue, ref: GPT, rm: RewardModel, tok, prompts: Se
 
 
 def ppo_update(policy: PolicyWithValue, opt: torch.optim.Optimizer, batch: dict, cfg: PPOConfig,
-               generator: torch.Generator) -> dict:
-    """`ppo_epochs` passes of minibatch updates on one rollout batch; mean statistics."""
+               generator: torch.Generator, rt: Runtime | None = None) -> dict:
+    """`ppo_epochs` passes of minibatch updates on one rollout batch; mean statistics.
+
+    `generator` (a CPU one) orders the minibatches."""
+    rt = rt or Runtime(next(policy.parameters()).device, torch.float32)
     n = batch["x"].size(0)
     sums: dict[str, float] = {}
     count = 0
@@ -231,18 +239,18 @@ def ppo_update(policy: PolicyWithValue, opt: torch.optim.Optimizer, batch: dict,
         for i in range(0, n, cfg.minibatch_size):
             idx = order[i:i + cfg.minibatch_size]
             m = batch["mask"][idx]
-            logits, values = policy(batch["x"][idx])
-            logp, v, entropy = reply_stats(logits, values, batch["x"][idx], batch["starts"][idx], batch["width"])
+            with rt.autocast():
+                logits, values = policy(batch["x"][idx])
+                logp, v, entropy = reply_stats(logits, values.float(), batch["x"][idx], batch["starts"][idx],
+                                               batch["width"])
+            logp = logp.float()
             pl, stats = policy_loss(logp, batch["logp"][idx], batch["adv"][idx], m, cfg.clip_range)
             vl = value_loss(v, batch["values"][idx], batch["returns"][idx], m, cfg.value_clip)
             loss = pl + cfg.vf_coef * vl
             if not torch.isfinite(loss):
                 return {"nan": True}
-            opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-            opt.step()
+            optimizer_step(opt, policy.parameters(), cfg.grad_clip)
             stats.update(policy_loss=pl.item(), value_loss=vl.item(), entropy=masked_mean(entropy.detach(), m).item())
             for k, val in stats.items():
                 sums[k] = sums.get(k, 0.0) + val
@@ -258,16 +266,14 @@ def train_ppo(cfg: PPOConfig, sft_ckpt: str | Path, reward_ckpt: str | Path, pro
     Returns metrics with `stopped` (None or the reason) and the last logged statistics.
     """
     t0 = time.perf_counter()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    rt = setup(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gpt, tok = load_gpt(sft_ckpt, dropout=0.0)  # no dropout: rollout and update log-probs must agree
-    policy = PolicyWithValue(gpt).eval()
-    ref, _ = load_gpt(sft_ckpt, dropout=0.0)
+    policy = PolicyWithValue(gpt).to(rt.device).eval()
+    ref, _ = load_gpt(sft_ckpt, 0.0, rt.device)
     ref.eval().requires_grad_(False)
-    rm, rm_tok = load_reward_model(reward_ckpt)
+    rm, rm_tok = load_reward_model(reward_ckpt, rt.device)
     rm.requires_grad_(False)
     if getattr(rm_tok, "hash", None) != getattr(tok, "hash", None):
         raise ValueError(f"{reward_ckpt}: reward model tokenizer differs from the policy's ({sft_ckpt})")
@@ -275,10 +281,13 @@ def train_ppo(cfg: PPOConfig, sft_ckpt: str | Path, reward_ckpt: str | Path, pro
                for c in read_conversations(prompts_dir, "train")]
     if not prompts:
         raise ValueError(f"{prompts_dir}: no training prompts")
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
+    opt = adamw(policy, cfg.weight_decay, cfg.learning_rate, (0.9, 0.95), rt.device.type)
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.init_kl_coef))
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)  # prompt and minibatch order
+    # samples are drawn on the policy's device; on a CPU from the same generator (results as before)
+    sample_g = g if rt.device.type == "cpu" else rt.generator(cfg.seed)
+    bar = Progress(cfg.steps, "ppo", cfg.progress, on_progress=on_progress)
     order: list[int] = []
     log: list[dict] = []
     good_state = copy.deepcopy(policy.state_dict())
@@ -289,7 +298,7 @@ def train_ppo(cfg: PPOConfig, sft_ckpt: str | Path, reward_ckpt: str | Path, pro
             order += torch.randperm(len(prompts), generator=g).tolist()
         batch_prompts = [prompts[i] for i in order[:cfg.prompts_per_step]]
         del order[:cfg.prompts_per_step]
-        batch = rollout(policy, ref, rm, tok, batch_prompts, cfg, kl_ctl.value, g)
+        batch = rollout(policy, ref, rm, tok, batch_prompts, cfg, kl_ctl.value, sample_g, rt=rt)
         kl_mean = float(batch["kl"].mean())
         if not torch.isfinite(batch["scores"]).all() or kl_mean != kl_mean:
             stopped = f"step {step}: NaN in rollout scores or KL; kept the policy of step {step - 1}"
@@ -300,7 +309,7 @@ def train_ppo(cfg: PPOConfig, sft_ckpt: str | Path, reward_ckpt: str | Path, pro
             break
         good_state = copy.deepcopy(policy.state_dict())
         beta = kl_ctl.value
-        stats = ppo_update(policy, opt, batch, cfg, g)
+        stats = ppo_update(policy, opt, batch, cfg, g, rt)
         if stats.get("nan"):
             stopped = f"step {step}: NaN loss in the PPO update; kept the policy of step {step - 1}"
             break
@@ -309,16 +318,16 @@ def train_ppo(cfg: PPOConfig, sft_ckpt: str | Path, reward_ckpt: str | Path, pro
                "kl": kl_mean, "kl_coef": beta, **stats, "response_length": float(batch["lengths"].mean()),
                "end_rate": float(batch["ended"].mean()), "seconds": time.perf_counter() - ts}
         log.append(rec)
-        if on_progress is not None:
-            on_progress({**rec, "max_steps": cfg.steps})
+        bar.update(rec, {k: rec[k] for k in ("score", "kl", "kl_coef", "response_length")})
     else:
         good_state = policy.state_dict()
+    bar.close()
     if stopped:
         print(f"PPO stopped early: {stopped}")
     policy.load_state_dict(good_state)
     ckpt = save_bundle(out_dir / "checkpoint", policy.gpt, sft_ckpt,
                        {"ppo_config": asdict(cfg), "steps": len(log), "stopped": stopped})
-    st.save_file({k: v.contiguous() for k, v in policy.value_head.state_dict().items()}, str(ckpt / VALUE_HEAD_FILE))
+    st.save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()}, str(ckpt / VALUE_HEAD_FILE))
     write_log(log, out_dir)
     last = log[-1] if log else {}
     metrics = {"steps": len(log), "stopped": stopped, "final_kl_coef": kl_ctl.value,

@@ -4,7 +4,9 @@
 vocabulary exceeds 65,535), native little-endian. `<stem>.json` holds
 `{"format": "lmforge-tokens-v1", "vocab_size", "dtype", "tokens", "bytes", "documents",
 "tokenizer_hash", "eot_id"}`, where `bytes` counts the UTF-8 bytes of the documents' texts (the EOT
-separators are not text) so that bits per byte = total nats / (ln 2 · bytes).
+separators are not text) so that bits per byte = total nats / (ln 2 · bytes). This module is the one
+reader and writer of the format: the pretokenize stage writes with `write_token_shard`, training reads
+a split folder with `TokenShards`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -89,6 +92,66 @@ def read_token_shard(bin_path: str | Path) -> tuple[np.memmap, dict]:
     if meta["tokens"] == 0:
         return np.zeros(0, dtype=dtype), meta  # np.memmap cannot map an empty file
     return np.memmap(bin_path, dtype=dtype, mode="r"), meta
+
+
+SIDECAR_FIELDS = ("format", "vocab_size", "dtype", "tokens", "bytes", "documents", "tokenizer_hash", "eot_id")
+
+
+def write_shard(path: str | Path, tokens: np.ndarray | list[int], vocab_size: int, n_bytes: int,
+                documents: int, eot_id: int, tokenizer_hash: str = "") -> Path:
+    """Write `<path>.bin` and its sidecar from ids already made (tests, benchmarks); see write_token_shard."""
+    path = Path(path).with_suffix("")
+    dtype = token_dtype(vocab_size)
+    arr = np.asarray(tokens, dtype=dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr.tofile(path.with_suffix(".bin"))
+    meta = {"format": FORMAT, "vocab_size": vocab_size, "dtype": np.dtype(dtype).name, "tokens": int(arr.size),
+            "bytes": int(n_bytes), "documents": int(documents), "tokenizer_hash": tokenizer_hash, "eot_id": eot_id}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    return path.with_suffix(".bin")
+
+
+@dataclass
+class Shard:
+    path: Path
+    tokens: np.memmap
+    meta: dict
+
+
+class TokenShards:
+    """All shards of one split, memmapped; checks every sidecar against its .bin file."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        bins = sorted(self.folder.glob("*.bin"))
+        if not bins:
+            raise FileNotFoundError(f"no token shards (*.bin) in {self.folder}")
+        self.shards: list[Shard] = []
+        for b in bins:
+            if not sidecar_path(b).exists():
+                raise FileNotFoundError(f"{b}: missing sidecar {sidecar_path(b).name}")
+            tokens, meta = read_token_shard(b)
+            missing = [f for f in SIDECAR_FIELDS if f not in meta]
+            if missing:
+                raise ValueError(f"{sidecar_path(b)}: missing field(s) {missing}")
+            self.shards.append(Shard(b, tokens, meta))
+        first = self.shards[0].meta
+        for s in self.shards[1:]:
+            for field in ("vocab_size", "eot_id", "tokenizer_hash"):
+                if s.meta[field] != first[field]:
+                    raise ValueError(f"{s.path.with_suffix('.json')}: field {field!r} = {s.meta[field]!r} differs "
+                                     f"from {self.shards[0].path.name}'s {first[field]!r}")
+        self.vocab_size: int = int(first["vocab_size"])
+        self.eot_id: int = int(first["eot_id"])
+        self.tokenizer_hash: str = first["tokenizer_hash"]
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(int(s.meta["tokens"]) for s in self.shards)
+
+    @property
+    def n_bytes(self) -> int:
+        return sum(int(s.meta["bytes"]) for s in self.shards)
 
 
 def _show(tok, i: int) -> str:

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from lmtrain.data import TokenShards, eval_windows
+from lmtrain.data.shards import TokenShards
+from lmtrain.data.windows import eval_windows
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

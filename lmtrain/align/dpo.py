@@ -2,7 +2,10 @@
 
 loss = -log σ(β·[(log π(y_c|x) - log π_ref(y_c|x)) - (log π(y_r|x) - log π_ref(y_r|x))]), with the
 log-probabilities summed over the reply tokens (responses cut to max_response_tokens, closed by
-`<|end|>` as in the reward model). The reference's log-probabilities are computed once up front.
+`<|end|>` as in the reward model). The reference's log-probabilities are computed once up front, in
+chunks; each optimizer step's pairs go through the policy in micro-batches of `micro_batch_size`
+pairs (chosen and rejected together) with gradient accumulation, so memory stays bounded at any
+vocabulary size.
 """
 
 from __future__ import annotations
@@ -10,45 +13,40 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from lmtrain.model import GPT
-from lmtrain.reward import select_subset, training_pairs
-from lmtrain.sft import (
-    cosine_lr,
-    load_gpt,
-    pad_batch,
-    prompt_ids,
-    read_comparisons,
-    response_ids,
-    save_bundle,
-    token_logprobs,
-)
+from lmtrain.align.common import sequence_logprobs
+from lmtrain.align.pairs import select_subset, training_pairs
+from lmtrain.config import OptimConfig
+from lmtrain.data.tables import read_comparisons
+from lmtrain.models.bundle import load_gpt, save_bundle
+from lmtrain.models.gpt import GPT
+from lmtrain.progress import Progress
+from lmtrain.runtime import Runtime, adamw, check_finite, cosine_lr, optimizer_step, set_lr, setup
+from lmtrain.tokenizer.chat import prompt_ids, response_ids
 
 
 @dataclass
-class DPOConfig:
-    """params.yaml `dpo` section (TRL's DPOConfig names where they exist)."""
+class DPOConfig(OptimConfig):
+    """params.yaml `dpo` section (TRL's DPOConfig names where they exist); defaults equal params.yaml's."""
 
     beta: float = 0.1  # strength of the implicit KL constraint
     label_smoothing: float = 0.0  # conservative DPO: assumed share of flipped labels
-    epochs: int = 6
+    epochs: int = 1  # ~1,470 pairs with mirrors on the sample: one epoch is ~110 s on a CPU
     batch_size: int = 8  # pairs per optimizer step
+    micro_batch_size: int = 0  # pairs per forward pass (gradient accumulation); 0 = the whole batch
+    eval_batch_size: int = 32  # pairs per forward pass of the reference and of held-out scoring
     learning_rate: float = 1e-4
-    min_lr_ratio: float = 0.1
     warmup_steps: int = 3
-    grad_clip: float = 1.0
     max_response_tokens: int = 64
-    subset: str = "all"  # all | half_a | half_b (see lmtrain.reward.select_subset)
+    subset: str = "all"  # all | half_a | half_b (see lmtrain.align.pairs.select_subset)
     mirror_pairs: bool = True  # as RewardConfig.mirror_pairs: the policy must read the prompt
     drop_unmirrored: bool = True  # as RewardConfig.drop_unmirrored
-    seed: int = 1337
-    threads: int = 0
 
 
 def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -60,27 +58,25 @@ def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: tor
     return loss.mean(), beta * (pi_chosen - ref_chosen).detach(), beta * (pi_rejected - ref_rejected).detach()
 
 
-def sequence_logprobs(model: GPT, rows: Sequence[tuple[list[int], int]], pad: int) -> torch.Tensor:
-    """Sum of log p over each row's reply tokens; rows are (ids, prompt length)."""
-    x = pad_batch([ids for ids, _ in rows], pad)
-    logits, _ = model(x[:, :-1])
-    logp = token_logprobs(logits, x[:, 1:])
-    pos = torch.arange(x.size(1) - 1)[None, :]
-    starts = torch.tensor([n for _, n in rows])[:, None]
-    ends = torch.tensor([len(ids) for ids, _ in rows])[:, None]
-    mask = (pos >= starts - 1) & (pos < ends - 1)  # positions whose next token is a reply token
-    return (logp * mask).sum(1)
+@torch.no_grad()
+def pair_logprobs(model: GPT, rows: list[tuple], pad: int, chunk: int, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed reply log-probs (chosen, rejected) of every pair, `chunk` pairs per forward pass."""
+    chosen, rejected = [], []
+    for i in range(0, len(rows), max(1, chunk)):
+        part = rows[i:i + max(1, chunk)]
+        with rt.autocast():
+            chosen.append(sequence_logprobs(model, [c for c, _ in part], pad).float())
+            rejected.append(sequence_logprobs(model, [r for _, r in part], pad).float())
+    return torch.cat(chosen), torch.cat(rejected)
 
 
 def train_dpo(cfg: DPOConfig, sft_ckpt: str | Path, train_dir: str | Path, eval_dir: str | Path,
               out_dir: str | Path, on_progress: Callable[[dict], None] | None = None) -> dict:
     """Train a DPO policy from the SFT bundle; write out_dir/checkpoint and metrics.json."""
     t0 = time.perf_counter()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    policy, tok = load_gpt(sft_ckpt, dropout=0.0)
-    ref, _ = load_gpt(sft_ckpt, dropout=0.0)
+    rt = setup(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
+    policy, tok = load_gpt(sft_ckpt, 0.0, rt.device)
+    ref, _ = load_gpt(sft_ckpt, 0.0, rt.device)
     ref.eval().requires_grad_(False)
     pad, block = tok.eot_id, policy.block_size
 
@@ -101,48 +97,45 @@ def train_dpo(cfg: DPOConfig, sft_ckpt: str | Path, train_dir: str | Path, eval_
     train, held = encode(fit), encode(held_pairs)
     if not train:
         raise ValueError(f"{train_dir}: no training comparisons in subset {cfg.subset!r}")
-
-    def ref_logps(rows: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            return (sequence_logprobs(ref, [c for c, _ in rows], pad),
-                    sequence_logprobs(ref, [r for _, r in rows], pad))
-
-    ref_c, ref_r = ref_logps(train)
+    ref_c, ref_r = pair_logprobs(ref, train, pad, cfg.eval_batch_size, rt)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
-    g = torch.Generator().manual_seed(cfg.seed)
+    micro = cfg.micro_batch_size or cfg.batch_size
+    opt = adamw(policy, cfg.weight_decay, cfg.learning_rate, (0.9, 0.95), rt.device.type)
+    g = torch.Generator().manual_seed(cfg.seed)  # data order: a CPU generator, the same on every device
     policy.eval()  # dropout off: the policy/reference log-ratio must be exactly 0 at the start
     history, step = [], 0
+    bar = Progress(total, "dpo", cfg.progress, on_progress=on_progress)
     for _ in range(cfg.epochs):
         order = torch.randperm(len(train), generator=g)
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            chunk = [train[i] for i in idx.tolist()]
-            both = sequence_logprobs(policy, [c for c, _ in chunk] + [r for _, r in chunk], pad)
-            loss, rew_c, rew_r = dpo_loss(both[:len(chunk)], both[len(chunk):], ref_c[idx], ref_r[idx],
-                                          cfg.beta, cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"DPO loss is {float(loss)} at step {step}; lower dpo.learning_rate")
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, total, cfg.learning_rate, cfg.warmup_steps, cfg.min_lr_ratio)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-            opt.step()
+            set_lr(opt, cosine_lr(step, total, cfg.learning_rate, cfg.warmup_steps, cfg.min_lr_ratio))
+            loss_sum, rew_c, rew_r = torch.zeros((), device=rt.device), [], []
+            for m in range(0, len(idx), micro):
+                part = idx[m:m + micro]
+                chunk = [train[i] for i in part.tolist()]
+                with rt.autocast():
+                    both = sequence_logprobs(policy, [c for c, _ in chunk] + [r for _, r in chunk], pad).float()
+                loss, rc, rr = dpo_loss(both[:len(chunk)], both[len(chunk):], ref_c[part].to(rt.device),
+                                        ref_r[part].to(rt.device), cfg.beta, cfg.label_smoothing)
+                (loss * len(chunk) / len(idx)).backward()  # the batch mean, accumulated over micro-batches
+                loss_sum += loss.detach() * len(chunk) / len(idx)
+                rew_c.append(rc)
+                rew_r.append(rr)
+            check_finite(loss_sum, "DPO", step, "lower dpo.learning_rate")
+            optimizer_step(opt, policy.parameters(), cfg.grad_clip)
             step += 1
-            rec = {"step": step, "loss": loss.item(), "reward_accuracy": float((rew_c > rew_r).float().mean()),
-                   "reward_margin": float((rew_c - rew_r).mean())}
+            rc, rr = torch.cat(rew_c), torch.cat(rew_r)
+            rec = {"step": step, "loss": loss_sum.item(), "reward_accuracy": float((rc > rr).float().mean()),
+                   "reward_margin": float((rc - rr).mean())}
             history.append(rec)
-            if on_progress is not None:
-                on_progress({**rec, "max_steps": total})
+            bar.update(rec)
+    bar.close()
     metrics: dict = {"steps": step, "train_pairs": len(train), **info, "train_loss": history[-1]["loss"] if history else None}
     if held:
-        hc, hr = ref_logps(held)
-        with torch.no_grad():
-            pc = sequence_logprobs(policy, [c for c, _ in held], pad)
-            pr_ = sequence_logprobs(policy, [r for _, r in held], pad)
+        hc, hr = pair_logprobs(ref, held, pad, cfg.eval_batch_size, rt)
+        pc, pr_ = pair_logprobs(policy, held, pad, cfg.eval_batch_size, rt)
         loss, rc, rr = dpo_loss(pc, pr_, hc, hr, cfg.beta, cfg.label_smoothing)
         metrics.update(eval_loss=float(loss), eval_reward_accuracy=float((rc > rr).float().mean()),
                        eval_reward_margin=float((rc - rr).mean()))

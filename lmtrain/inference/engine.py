@@ -1,10 +1,11 @@
 """A batched generation engine: one thread decodes every running request together, one token per step.
 
-Continuous batching in the small: each request owns a slot of a preallocated KV cache with its own
-position counter (lmtrain.model.KVCache shares one counter across rows, so rows of different lengths
-cannot share it). A request joins the batch as soon as a slot is free (its prompt is prefilled with the
-model's own forward), and leaves it as soon as it finishes, so a long request never holds back a short
-one: every step advances all of them. Beyond `max_batch_size` running and `max_waiting` queued requests,
+Continuous batching in the small: each request owns a row of the model's KV cache, which keeps a
+length per row. A request joins the batch as soon as a row is free (its prompt is prefilled by the
+model's own forward into that row), and leaves it as soon as it finishes, so a long request never
+holds back a short one: every step advances all of them with one forward pass, each row at its own
+position. Tokens come from the one sampler (lmtrain.inference.sampling) and text from the one
+incremental decoder (lmtrain.inference.decode). Beyond `max_batch_size` running and `max_waiting` queued requests,
 `submit` raises `EngineFull` (the server answers 429).
 
 Results come back as `Event`s on a per-request callback (the server forwards them to its event loop):
@@ -13,7 +14,6 @@ text pieces already decoded (partial UTF-8 characters held back) and cut at stop
 
 from __future__ import annotations
 
-import codecs
 import collections
 import threading
 import time
@@ -21,9 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from lmtrain.model import GPT
+from lmtrain.inference.decode import TextStream
+from lmtrain.inference.sampling import sample_at
+from lmtrain.models.gpt import GPT
 
 
 class EngineFull(RuntimeError):
@@ -64,124 +65,6 @@ class Request:
         self.cancelled.set()
 
 
-class TextAssembler:
-    """Token ids in, text pieces out: incremental UTF-8 decoding, then stop-string hold-back."""
-
-    def __init__(self, tokenizer, stop: Sequence[str]) -> None:
-        self.tokenizer = tokenizer
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.stop = [s for s in stop if s]
-        self.held = ""  # text that could be the start of a stop string
-
-    def push(self, token: int) -> tuple[str, bool]:
-        """(text now safe to send, whether a stop string was hit)."""
-        self.held += self.decoder.decode(self.tokenizer.token_bytes(token))
-        hits = [i for i in (self.held.find(s) for s in self.stop) if i >= 0]
-        if hits:
-            out, self.held = self.held[:min(hits)], ""
-            return out, True
-        # keep back the longest tail that is a prefix of some stop string
-        keep = max((k for s in self.stop for k in range(min(len(s) - 1, len(self.held)), 0, -1)
-                    if self.held.endswith(s[:k])), default=0)
-        cut = len(self.held) - keep
-        out, self.held = self.held[:cut], self.held[cut:]
-        return out, False
-
-    def flush(self) -> str:
-        """Whatever is held back, at the end of a request that did not stop on a stop string."""
-        out, self.held = self.held + self.decoder.decode(b"", final=True), ""
-        return out
-
-
-class BatchedKVCache:
-    """Keys/values per layer as (slots, heads, block_size, head_dim); each slot has its own length."""
-
-    def __init__(self, model: GPT, slots: int) -> None:
-        c = model.config
-        w = model.lm_head.weight
-        shape = (slots, c.n_head, c.block_size, c.n_embd // c.n_head)
-        self.k = [torch.zeros(shape, device=w.device, dtype=w.dtype) for _ in range(c.n_layer)]
-        self.v = [torch.zeros(shape, device=w.device, dtype=w.dtype) for _ in range(c.n_layer)]
-
-    def move(self, src: int, dst: int, length: int) -> None:
-        """Copy slot src into slot dst (keeps the running slots contiguous: 0..n-1)."""
-        for layer in range(len(self.k)):
-            self.k[layer][dst, :, :length] = self.k[layer][src, :, :length]
-            self.v[layer][dst, :, :length] = self.v[layer][src, :, :length]
-
-
-@torch.no_grad()
-def prefill(model: GPT, cache: BatchedKVCache, slot: int, ids: Sequence[int]) -> torch.Tensor:
-    """Run the prompt through the model's own forward, store its keys/values in `slot`; last logits (vocab,)."""
-    device = model.lm_head.weight.device
-    one = model.new_kv_cache(1, len(ids))
-    logits, _ = model(torch.tensor([list(ids)], dtype=torch.long, device=device), kv_cache=one)
-    for layer in range(len(cache.k)):
-        cache.k[layer][slot, :, :len(ids)] = one.k[layer][0]
-        cache.v[layer][slot, :, :len(ids)] = one.v[layer][0]
-    return logits[0, -1]
-
-
-@torch.no_grad()
-def decode_step(model: GPT, cache: BatchedKVCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """One new token for each of slots 0..B-1 at its own position; logits (B, vocab).
-
-    The same computation as GPT.forward with a KVCache (eval mode), except that every row writes its key
-    and value at its own position and masks out the keys beyond it.
-    """
-    B = tokens.size(0)
-    tr = model.transformer
-    x = (tr.wte(tokens) + tr.wpe(positions))[:, None, :]  # (B, 1, C)
-    C = x.size(-1)
-    rows = torch.arange(B, device=x.device)
-    length = int(positions.max()) + 1
-    mask = (torch.arange(length, device=x.device)[None, :] <= positions[:, None])[:, None, None, :]
-    for layer, block in enumerate(tr.h):
-        attn = block.attn
-        nh = attn.n_head
-        q, k, v = attn.c_attn(block.ln_1(x)).split(C, dim=2)
-        q, k, v = (t.view(B, 1, nh, C // nh).transpose(1, 2) for t in (q, k, v))
-        cache.k[layer][rows, :, positions] = k[:, :, 0]
-        cache.v[layer][rows, :, positions] = v[:, :, 0]
-        y = F.scaled_dot_product_attention(q, cache.k[layer][:B, :, :length], cache.v[layer][:B, :, :length],
-                                           attn_mask=mask)
-        x = x + attn.c_proj(y.transpose(1, 2).reshape(B, 1, C))
-        x = x + block.mlp(block.ln_2(x))
-    return model.lm_head(tr.ln_f(x))[:, 0]
-
-
-@torch.no_grad()
-def sample_batch(logits: torch.Tensor, temperature: Sequence[float], top_k: Sequence[int | None],
-                 top_p: Sequence[float | None], uniform: torch.Tensor) -> list[int]:
-    """One token per row of logits (B, vocab), each row with its own settings, by inverse CDF on `uniform`.
-
-    Same distribution as lmtrain.model.sample_next_token (temperature 0 = greedy, top-k, nucleus top-p),
-    but one pass for the whole batch: per-row sampling calls cost more than the decoding step itself.
-    """
-    B, V = logits.shape
-    dev = logits.device
-    temp = torch.tensor(temperature, dtype=torch.float32, device=dev)
-    greedy = temp <= 0
-    scaled = logits.float() / torch.where(greedy, 1.0, temp)[:, None]
-    if any(k for k in top_k) or any(p is not None and p < 1 for p in top_p):
-        scaled, order = torch.sort(scaled, dim=-1, descending=True)
-        probs = scaled.softmax(dim=-1)
-        k = torch.tensor([k if k else V for k in top_k], device=dev)
-        p = torch.tensor([p if p is not None and p < 1 else 2.0 for p in top_p], device=dev)
-        # keep the k most likely, and the smallest prefix whose mass reaches top_p (mass before < top_p)
-        keep = (torch.arange(V, device=dev)[None, :] < k[:, None]) & ((probs.cumsum(-1) - probs) < p[:, None])
-        probs = probs * keep
-    else:
-        order = None
-        probs = scaled.softmax(dim=-1)
-    cdf = probs.cumsum(dim=-1)
-    picked = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None]).clamp_(max=V - 1)
-    if order is not None:
-        picked = order.gather(1, picked)
-    tokens = torch.where(greedy, logits.argmax(dim=-1), picked[:, 0])
-    return tokens.tolist()
-
-
 class Engine:
     """Owns the model and a thread that runs the batched decoding loop."""
 
@@ -195,13 +78,13 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.max_waiting = max_waiting
         self.block_size = model.config.block_size
-        self.cache = BatchedKVCache(model, max_batch_size)
         self.device = model.lm_head.weight.device
+        self.cache = model.new_kv_cache(max_batch_size)
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: list[Request] = []  # running[i] occupies cache slot i
         self.lengths: list[int] = []  # tokens stored in each running slot
         self.last_token: list[int] = []
-        self.assemblers: list[TextAssembler] = []
+        self.assemblers: list[TextStream] = []
         self.generators: list[torch.Generator | None] = []
         self.lock = threading.Condition()
         self.stopping = False
@@ -290,23 +173,26 @@ class Engine:
         if req.cancelled.is_set():
             return
         slot = len(self.running)
-        logits = prefill(self.model, self.cache, slot, req.prompt_ids)
+        self.cache.lengths[slot] = 0
+        ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            logits = self.model(ids, kv_cache=self.cache, row_start=slot)[0][0, -1]
         gen = None
         if req.params.seed is not None:
-            gen = torch.Generator(device=self.device).manual_seed(req.params.seed)
+            gen = torch.Generator(device=self.device).manual_seed(req.params.seed)  # drawn on self.device
         req.slot = slot
         self.running.append(req)
         self.lengths.append(len(req.prompt_ids))
         self.generators.append(gen)
-        self.assemblers.append(TextAssembler(self.tokenizer, req.params.stop))
+        self.assemblers.append(TextStream(self.tokenizer, req.params.stop))
         self.last_token.append(-1)
         self._emit([slot], self._sample(logits[None], [slot]))
 
     def _step(self) -> None:
         B = len(self.running)
-        tokens = torch.tensor(self.last_token, dtype=torch.long, device=self.device)
-        positions = torch.tensor(self.lengths, dtype=torch.long, device=self.device)
-        logits = decode_step(self.model, self.cache, tokens, positions)
+        tokens = torch.tensor(self.last_token, dtype=torch.long, device=self.device)[:, None]
+        with torch.no_grad():
+            logits = self.model(tokens, kv_cache=self.cache)[0][:, -1]  # rows 0..B-1, each at its own position
         for i in range(B):
             self.lengths[i] += 1
         self.steps += 1
@@ -315,12 +201,13 @@ class Engine:
     def _sample(self, logits: torch.Tensor, slots: list[int]) -> list[int]:
         """Next token per row, all rows at once; a seeded row draws its uniform from its own generator."""
         params = [self.running[s].params for s in slots]
-        uniform = torch.rand(len(slots))  # unseeded rows: the global RNG, one call for the batch
+        uniform = torch.rand(len(slots), device=self.device)  # unseeded rows: the global RNG, one call
         for row, slot in enumerate(slots):
-            if self.generators[slot] is not None:
-                uniform[row] = torch.rand((), generator=self.generators[slot])
-        return sample_batch(logits, [p.temperature for p in params], [p.top_k for p in params],
-                            [p.top_p for p in params], uniform.to(logits.device))
+            gen = self.generators[slot]
+            if gen is not None:  # a generator draws on its own device only
+                uniform[row] = torch.rand((), generator=gen, device=gen.device)
+        return sample_at(logits, [p.temperature for p in params], [p.top_k for p in params],
+                         [p.top_p for p in params], uniform).tolist()
 
     def _emit(self, slots: list[int], tokens: list[int]) -> None:
         """Deliver each row's new token as text; finish rows that hit a stop or their budget."""
@@ -354,7 +241,7 @@ class Engine:
         for slot in slots_desc:
             last = len(self.running) - 1
             if slot != last:
-                self.cache.move(last, slot, self.lengths[last])
+                self.cache.move(last, slot)
                 for seq in (self.running, self.lengths, self.last_token, self.assemblers, self.generators):
                     seq[slot] = seq[last]
                 self.running[slot].slot = slot

@@ -18,14 +18,20 @@ from pathlib import Path
 
 import torch
 
-from lmtrain.dpo import sequence_logprobs
-from lmtrain.reward import load_reward_model, score_ids
-from lmtrain.sft import generate_replies, load_gpt, prompt_ids, read_conversations, stop_ids
+from lmtrain.align.common import sequence_logprobs
+from lmtrain.align.reward_model import load_reward_model, score_ids
+from lmtrain.config import RunConfig
+from lmtrain.data.tables import read_conversations
+from lmtrain.inference.generate import generate_replies
+from lmtrain.models.bundle import load_gpt
+from lmtrain.runtime import Runtime, setup
+from lmtrain.tokenizer.chat import prompt_ids, stop_ids
 
 
 @dataclass
-class AlignEvalConfig:
-    """params.yaml `align_eval` section (sampling as in PPO rollouts, so KL is comparable)."""
+class AlignEvalConfig(RunConfig):
+    """params.yaml `align_eval` section (sampling as in PPO rollouts, so KL is comparable); defaults equal
+    params.yaml's."""
 
     prompts: int = 0  # held-out prompts used; 0 = all
     samples_per_prompt: int = 4
@@ -37,15 +43,27 @@ class AlignEvalConfig:
     length_match_tolerance: float = 0.1  # pair is length-matched if |len_p - len_sft| <= tol * max (min 1 token)
     markdown_prompts: int = 5  # prompts shown side by side
     seed: int = 2024
+    eval_batch_size: int = 32  # replies per forward pass when computing KL to the reference
 
 
-def _answers(model, tok, prompts: list[list[int]], cfg: AlignEvalConfig) -> list[list[list[int]]]:
+def _answers(model, tok, prompts: list[list[int]], cfg: AlignEvalConfig, rt: Runtime) -> list[list[list[int]]]:
     out = []
     for i, p in enumerate(prompts):
-        g = torch.Generator().manual_seed(cfg.seed + i)  # the same stream for every model
-        out.append(generate_replies(model, p, cfg.samples_per_prompt, cfg.max_new_tokens, stop_ids(tok),
-                                    cfg.temperature, cfg.top_k, cfg.top_p, g))
+        g = rt.generator(cfg.seed + i)  # the same stream for every model, drawn on the model's device
+        with rt.autocast():
+            out.append(generate_replies(model, p, cfg.samples_per_prompt, cfg.max_new_tokens, stop_ids(tok),
+                                        cfg.temperature, cfg.top_k, cfg.top_p, g))
     return out
+
+
+@torch.no_grad()
+def _reply_logprobs(model, rows: list[tuple[list[int], int]], pad: int, cfg: AlignEvalConfig,
+                    rt: Runtime) -> torch.Tensor:
+    out = []
+    for i in range(0, len(rows), max(1, cfg.eval_batch_size)):
+        with rt.autocast():
+            out.append(sequence_logprobs(model, rows[i:i + max(1, cfg.eval_batch_size)], pad).float().cpu())
+    return torch.cat(out)
 
 
 def _judge(judge, tok, prompts: list[list[int]], answers: list[list[list[int]]]) -> torch.Tensor:
@@ -61,9 +79,10 @@ def evaluate_alignment(cfg: AlignEvalConfig, sft_ckpt: str | Path, policies: Map
     Prompts: the user turns of the `eval` split of prompts_dir (an instructions folder). Writes
     metrics.json and samples.md into out_dir when given.
     """
-    sft, tok = load_gpt(sft_ckpt, dropout=0.0)
+    rt = setup(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
+    sft, tok = load_gpt(sft_ckpt, 0.0, rt.device)
     sft.eval()
-    judge, judge_tok = load_reward_model(judge_ckpt)
+    judge, judge_tok = load_reward_model(judge_ckpt, rt.device)
     if getattr(judge_tok, "hash", None) != getattr(tok, "hash", None):
         raise ValueError(f"{judge_ckpt}: judge tokenizer differs from the SFT model's ({sft_ckpt})")
     convs = read_conversations(prompts_dir, "eval")
@@ -73,24 +92,23 @@ def evaluate_alignment(cfg: AlignEvalConfig, sft_ckpt: str | Path, policies: Map
         raise ValueError(f"{prompts_dir}: no held-out (split 'eval') prompts")
     texts = [next(m["content"] for m in c if m["role"] == "user") for c in convs]
     prompts = [prompt_ids(tok, t)[-(sft.block_size - cfg.max_new_tokens):] for t in texts]
-    base = _answers(sft, tok, prompts, cfg)
+    base = _answers(sft, tok, prompts, cfg, rt)
     base_scores = _judge(judge, tok, prompts, base)
     base_len = torch.tensor([float(len(r)) for rs in base for r in rs])
     metrics: dict = {"prompts": len(prompts), "samples_per_prompt": cfg.samples_per_prompt,
                      "sft": {"judge_score": float(base_scores.mean()), "mean_length": float(base_len.mean())}}
     shown = {"sft": base}
     for name, ckpt in policies.items():
-        model, ptok = load_gpt(ckpt, dropout=0.0)
+        model, ptok = load_gpt(ckpt, 0.0, rt.device)
         model.eval()
         if getattr(ptok, "hash", None) != getattr(tok, "hash", None):
             raise ValueError(f"{ckpt}: policy tokenizer differs from the SFT model's ({sft_ckpt})")
-        ans = _answers(model, tok, prompts, cfg)
+        ans = _answers(model, tok, prompts, cfg, rt)
         shown[name] = ans
         scores = _judge(judge, tok, prompts, ans)
         lens = torch.tensor([float(len(r)) for rs in ans for r in rs])
         rows = [(p + r, len(p)) for p, rs in zip(prompts, ans) for r in rs]
-        with torch.no_grad():
-            kl = sequence_logprobs(model, rows, tok.eot_id) - sequence_logprobs(sft, rows, tok.eot_id)
+        kl = _reply_logprobs(model, rows, tok.eot_id, cfg, rt) - _reply_logprobs(sft, rows, tok.eot_id, cfg, rt)
         wins = (scores > base_scores).float() + 0.5 * (scores == base_scores).float()
         matched = (lens - base_len).abs() <= torch.clamp(cfg.length_match_tolerance * torch.maximum(lens, base_len),
                                                          min=1.0)

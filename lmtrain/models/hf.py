@@ -15,7 +15,7 @@ import regex
 import safetensors.torch as st
 import torch
 
-from lmtrain.model import GPT, GPTConfig
+from lmtrain.models.gpt import GPT, GPTConfig
 
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # GPT-2's pre-tokenisation pattern (openai/gpt-2 encoder.py)
@@ -31,6 +31,8 @@ def export_hf(model: GPT, out_dir: str | Path) -> Path:
     for name, value in model.state_dict().items():
         if name == "lm_head.weight":
             continue  # tied to transformer.wte.weight; HF re-ties on load
+        if name == "transformer.wte.weight":
+            value = value[:c.vocab_size]  # rows padded to vocab_multiple are never a token
         tensors[name] = (value.t() if name.endswith(_CONV1D) else value).detach().cpu().contiguous()
     if not c.bias:  # HF GPT-2 always has biases: zeros are the same function
         for name, p in model.named_parameters():

@@ -1,7 +1,7 @@
-"""An OpenAI-compatible HTTP server over lmtrain.engine: /v1/completions, /v1/chat/completions (streamed as
+"""An OpenAI-compatible HTTP server over lmtrain.inference.engine: /v1/completions, /v1/chat/completions (streamed as
 server-sent events or not), /v1/models and /health.
 
-    lmforge serve --checkpoint runs/sft        # or: python -m lmtrain.serve --checkpoint runs/sft
+    lmforge serve --checkpoint runs/sft        # or: python -m lmtrain.inference.serve --checkpoint runs/sft
 
 Binds 127.0.0.1 unless told otherwise. Errors use OpenAI's body, {"error": {"message", "type", "param",
 "code"}}: 400 for a malformed request (bad JSON, bad field, a prompt or max_tokens beyond the context),
@@ -26,9 +26,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lmtrain.bundle import load_bundle
-from lmtrain.engine import Engine, EngineFull, Event, SamplingParams
-from lmtrain.engine import Request as EngineRequest
+from lmtrain.inference.engine import Engine, EngineFull, Event, SamplingParams
+from lmtrain.inference.engine import Request as EngineRequest
+from lmtrain.models.bundle import load_bundle
 from lmtrain.tokenizer.chat import END_OF_TURN, EOT, render
 
 DEFAULT_HOST = "127.0.0.1"
@@ -327,7 +327,7 @@ def create_app(engine: Engine, model_name: str) -> FastAPI:
 
 def build_app(ckpt_dir: str | Path, model_name: str | None = None, max_batch_size: int = 16,
               max_waiting: int = 64, device: str = "cpu") -> FastAPI:
-    """Load a checkpoint folder with its tokenizer (lmtrain.bundle) and return the app serving it."""
+    """Load a checkpoint folder with its tokenizer (lmtrain.models.bundle) and return the app serving it."""
     model, tokenizer = load_bundle(ckpt_dir, device)
     missing = [s for s in (EOT, END_OF_TURN) if s not in tokenizer.special_tokens]
     if missing:
@@ -359,7 +359,7 @@ def run(ckpt_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
 def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `serve` to a CLI's subcommands (lmforge serve ...); its func runs the server."""
     p = subparsers.add_parser("serve", help="serve a checkpoint behind an OpenAI-compatible HTTP API")
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder carrying its tokenizer/ (lmtrain.bundle)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder carrying its tokenizer/ (lmtrain.models.bundle)")
     p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--model-name", default=None, help="the model id clients use (default: the folder's name; "
@@ -381,8 +381,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m lmtrain.serve --checkpoint DIR [...]` without the lmforge CLI."""
-    parser = argparse.ArgumentParser(prog="python -m lmtrain.serve")
+    """`python -m lmtrain.inference.serve --checkpoint DIR [...]` without the lmforge CLI."""
+    parser = argparse.ArgumentParser(prog="python -m lmtrain.inference.serve")
     add_serve_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["serve", *(argv if argv is not None else sys.argv[1:])])
     return args.func(args)
