@@ -154,7 +154,7 @@ def dedup(dataset: str, params: dict) -> dict:
     cfg = DedupConfig.from_dict(params.get("dedup"))
     overlap_cfg = decontamination_config(DedupConfig.from_dict((params.get("evalset") or {}).get("dedup")))
     cfg.passes(dataset), overlap_cfg.passes(dataset)  # both checked before any work
-    in_dir = data_root(params) / "ingest" / dataset
+    in_dir = data_root(params) / "clean" / dataset  # the cleaned training rows
     shards = list_shards(in_dir)
     reference = evalset_reference(params, dataset)
     t0 = time.perf_counter()

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from lmdata.errors import ConfigError
+from lmdata.runner import ConservationError
+from lmdata.shards import REJECTED_DIR, read_shard, write_shard
 from lmdata.stage import StepResult, add_reason
-from lmdata.text import hash_hex, normalise_text
+from lmdata.text import hash_hex, normalise_text, record_text
 from lmdata.wikitext import (
     DISAMBIGUATION_TEMPLATES,
     DROP_SECTIONS,
@@ -89,16 +93,19 @@ _WIKI_SIGNALS = (
     re.compile(r"<ref[\s>/]|\{\|", re.I),                          # references, tables
 )
 _HTML_DOC = re.compile(r"<!doctype\s+html|<html[\s>]|<body[\s>]|<head[\s>]", re.I)
-_HTML_BLOCK = re.compile(r"</(p|div|li|td|tr|h[1-6]|article|section|span|a)>", re.I)
+_HTML_BLOCK = re.compile(r"</(p|div|li|td|tr|h[1-6]|article|section|span|a|ul|table)>", re.I)
 
 
 def detect_markup(text: str, redirect_words: list[str] = REDIRECT_WORDS) -> str:
-    """`wikitext`, `html` or `none`: a redirect, or two kinds of wiki signal, is wikitext; an
-    HTML document head, or three closing block tags, is HTML."""
+    """`wikitext`, `html` or `none`: a redirect, or two kinds of wiki signal, is wikitext; a
+    document with an HTML head, or a fragment that starts and ends with a tag and closes two block
+    tags, is HTML (prose that quotes a few tags, such as UI translations, is not)."""
     if redirect_target(text, redirect_words) is not None:
         return "wikitext"
     head = text[:20000]
-    if _HTML_DOC.search(head[:2000]) or len(_HTML_BLOCK.findall(head)) >= 3:
+    stripped = text.strip()
+    if _HTML_DOC.search(head[:2000]) or (stripped.startswith("<") and stripped.endswith(">")
+                                          and len(_HTML_BLOCK.findall(head)) >= 2):
         return "html"
     if sum(1 for sig in _WIKI_SIGNALS if sig.search(head)) >= 2:
         return "wikitext"
@@ -107,14 +114,25 @@ def detect_markup(text: str, redirect_words: list[str] = REDIRECT_WORDS) -> str:
 
 # --- per-document steps -----------------------------------------------------------------------
 
+# UTF-8 read as Latin-1 / Windows-1252 leaves a lead byte (Â..ô) before a continuation byte
+# (U+0080..U+00BF, or what cp1252 maps 0x80..0x9F to): ftfy only sees lines that have one.
+_MOJIBAKE_HINT = re.compile("[\u00c2-\u00f4][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e"
+                            "\u0192\u02c6\u02dc\u2013\u2014\u2018-\u201e\u2020-\u2022\u2026\u2030"
+                            "\u2039\u203a\u20ac\u2122]")
+
+
 def fix_mojibake(text: str) -> str:
-    """Repair mojibake only: no quote uncurling, width or ligature changes, no HTML unescaping."""
+    """Repair mojibake only (ftfy; no quote uncurling, width or ligature changes, no HTML
+    unescaping), line by line and only on lines with a mojibake pattern (ftfy reads ~1 MB/s)."""
+    if not _MOJIBAKE_HINT.search(text):
+        return text
     import ftfy
 
-    return ftfy.fix_text(text, ftfy.TextFixerConfig(
-        unescape_html=False, remove_terminal_escapes=False, fix_latin_ligatures=False,
-        fix_character_width=False, uncurl_quotes=False, fix_line_breaks=False, remove_control_chars=False,
-        normalization=None, explain=False))
+    cfg = ftfy.TextFixerConfig(unescape_html=False, remove_terminal_escapes=False, fix_latin_ligatures=False,
+                               fix_character_width=False, uncurl_quotes=False, fix_line_breaks=False,
+                               remove_control_chars=False, normalization=None, explain=False)
+    return "\n".join(ftfy.fix_text(line, cfg) if _MOJIBAKE_HINT.search(line) else line
+                     for line in text.split("\n"))
 
 
 def html_to_text(html: str) -> str:
@@ -175,8 +193,6 @@ def _markup_of(meta: str, default: str) -> str:
 
 
 def _record_text(row: dict[str, Any], dataset: str) -> str:
-    from lmdata.ingest import record_text
-
     if dataset == "instructions":
         return record_text(dataset, {"messages": json.loads(row["messages"])})
     return record_text(dataset, row)
@@ -248,3 +264,25 @@ def clean_stats(kept: pl.DataFrame) -> dict[str, dict[str, int]]:
             out[step]["docs_changed"] += 1
             out[step]["bytes_removed"] += removed
     return out
+
+
+def clean_shard(in_path: Path, out_dir: Path, dataset: str, cfg: CleanConfig) -> dict:
+    """The `clean` stage on one ingest shard: its training rows only (held-out rows are the
+    evaluation set's), kept to `out_dir/<name>`, rejected to `out_dir/rejected/<name>`; stats."""
+    in_path, out_dir = Path(in_path), Path(out_dir)
+    df = read_shard(in_path)
+    train = df.filter(pl.col("split") == "train")
+    res = clean_step(train, cfg)
+    if train.height != res.kept.height + res.rejected.height:
+        raise ConservationError(f"{in_path.name}: rows_in={train.height} != kept={res.kept.height} "
+                                f"+ rejected={res.rejected.height}")
+    write_shard(res.kept, out_dir / in_path.name, dataset)
+    write_shard(res.rejected, out_dir / REJECTED_DIR / in_path.name, dataset, rejected=True)
+    kept_sources = Counter(res.kept["source"].to_list())
+    return {"shard": in_path.name, "rows_in": train.height, "rows_kept": res.kept.height,
+            "rows_rejected": res.rejected.height, "eval_rows_skipped": df.height - train.height,
+            "rejected_by_reason": dict(Counter(res.rejected.get_column("reason").to_list())),
+            "bytes_in": int(train["n_bytes"].sum()), "bytes_out": int(res.kept["n_bytes"].sum()),
+            "steps": clean_stats(res.kept),
+            "by_source": {s: {"rows_in": n, "rows_kept": kept_sources.get(s, 0)}
+                          for s, n in sorted(Counter(train["source"].to_list()).items())}}

@@ -20,7 +20,7 @@ import xxhash
 from lmdata.readers import READERS, REQUIRED, BadRecord, ConfigError, RawRecord, check_source
 from lmdata.schema import DATASETS, FIELD_COLUMNS
 from lmdata.shards import REJECTED_DIR, ShardWriter
-from lmdata.text import document_id, hash_hex, normalise_text
+from lmdata.text import document_id, hash_hex, normalise_text, record_text
 
 ROLES = ("system", "user", "assistant")
 
@@ -77,16 +77,6 @@ def is_eval(group: str, fraction: float, salt: str, forced: frozenset[str] = fro
     if group in forced:
         return True
     return xxhash.xxh64_intdigest(f"{salt}\x00{group}".encode()) / 2**64 < fraction
-
-
-def record_text(dataset: str, fields: dict[str, Any]) -> str:
-    """The `text` column: what text-level steps read. Corpus: the document; instructions: the
-    turns' contents; comparisons: prompt, chosen and rejected — each joined by a blank line."""
-    if dataset == "corpus":
-        return fields["text"]
-    if dataset == "instructions":
-        return "\n\n".join(m["content"] for m in fields["messages"])
-    return "\n\n".join(fields[k] for k in ("prompt", "chosen", "rejected"))
 
 
 class BadField(ValueError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
 import xxhash
 
@@ -69,3 +70,13 @@ def content_hash(text: str) -> str:
 def document_id(source: str, locator: str, text: str) -> str:
     """Unique per row: a hash of source, locator and text (two identical files get two ids)."""
     return hash_hex(source, locator, text)
+
+
+def record_text(dataset: str, fields: dict[str, Any]) -> str:
+    """The `text` column: what text-level steps read. Corpus: the document; instructions: the
+    turns' contents; comparisons: prompt, chosen and rejected — each joined by a blank line."""
+    if dataset == "corpus":
+        return fields["text"]
+    if dataset == "instructions":
+        return "\n\n".join(m["content"] for m in fields["messages"])
+    return "\n\n".join(fields[k] for k in ("prompt", "chosen", "rejected"))

@@ -157,3 +157,28 @@ def test_instruction_turns_are_cleaned_and_text_rebuilt():
     assert row["response"] == "A country in East Africa & a member of the AU."
     assert row["text"] == "What is Kenya?\n\nA country in East Africa & a member of the AU."
     assert json.loads(row["messages"])[1]["content"] == row["response"]
+
+
+def test_clean_shard_reads_only_training_rows_and_conserves_them(tmp_path):
+    from lmdata.clean import clean_shard
+    from lmdata.ingest import IngestConfig, ingest_source
+    from lmdata.shards import list_shards
+
+    pages = [ARTICLE.replace("Kenya", f"Kenya{i}") for i in range(30)] + [f"#REDIRECT [[Page {i}]]" for i in range(10)]
+    src = tmp_path / "wiki.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(pages)))
+    params = {"ingest": {"eval_fraction": 0.3, "corpus": {"sources": [
+        {"type": "jsonl", "source": "wiki", "path": str(src), "markup": "wikitext"}]}}}
+    cfg = IngestConfig.from_params(params, "corpus")
+    ing = ingest_source(cfg.sources[0], "corpus", cfg, tmp_path / "ingest")
+    stats = [clean_shard(p, tmp_path / "clean", "corpus", CleanConfig()) for p in list_shards(tmp_path / "ingest")]
+    rows_in = sum(s["rows_in"] for s in stats)
+    assert rows_in == ing["splits"]["train"] and sum(s["eval_rows_skipped"] for s in stats) == ing["splits"]["eval"]
+    kept = pl.concat([pl.read_parquet(p) for p in list_shards(tmp_path / "clean")])
+    rejected = pl.read_parquet(tmp_path / "clean" / "rejected" / "*.parquet")
+    assert kept.height + rejected.height == rows_in and set(kept["split"]) == {"train"}
+    assert set(rejected["reason"]) == {"redirect"} and rejected.height == sum(
+        1 for t, s in zip(*pl.concat([pl.read_parquet(p) for p in list_shards(tmp_path / "ingest")])
+                          .select("text", "split")) if t.startswith("#REDIRECT") and s == "train")
+    assert not any(m in t for t in kept["text"] for m in ("{{", "[[", "'''", "&lt;"))
+    assert stats[0]["steps"]["wikitext"]["docs_changed"] == kept.height

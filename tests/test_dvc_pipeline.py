@@ -14,6 +14,7 @@ from tests.conftest import copy_project, python_env
 
 STAGES = ["ingest@corpus", "ingest@instructions", "ingest@comparisons",
           "evalset@corpus", "evalset@instructions", "evalset@comparisons",
+          "clean@corpus", "clean@instructions", "clean@comparisons",
           "dedup@corpus", "dedup@instructions", "dedup@comparisons"]
 
 
@@ -49,8 +50,8 @@ def test_repro_is_incremental(tmp_path, prefect_server, raw_sample):
     status = sh(repo, sys.executable, "-m", "flows.cli", "status", env=env)
     changed = {line.split()[0] for line in status.splitlines() if "changed" in line} & set(STAGES)
     assert changed == {"ingest@instructions"}  # dedup@instructions follows once its input changes
-    assert ran(sh(repo, dvc, "repro", *STAGES, env=env)) == ["dedup@instructions", "evalset@instructions",
-                                                              "ingest@instructions"]
+    assert ran(sh(repo, dvc, "repro", *STAGES, env=env)) == ["clean@instructions", "dedup@instructions",
+                                                              "evalset@instructions", "ingest@instructions"]
 
 
 def rerun_set(key: str) -> set[str]:

@@ -60,13 +60,16 @@ def test_dvc_repro_runs_the_whole_dag(tmp_path, prefect_server):
     ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == set(stages)
     metrics = repo / "metrics"
-    for stage in ("ingest", "evalset", "dedup", "filter", "balance"):
+    for stage in ("ingest", "clean", "evalset", "dedup", "filter", "balance"):
         for dataset in ("corpus", "instructions", "comparisons"):
             m = json.loads((metrics / stage / f"{dataset}.json").read_text())
             assert m["rows_in"] == m["rows_kept"] + m["rows_rejected"], (stage, dataset)
     for dataset in ("corpus", "instructions", "comparisons"):  # the fork: held-out rows go to the evaluation set
-        held = json.loads((metrics / "ingest" / f"{dataset}.json").read_text())["splits"]["eval"]
+        ingested = json.loads((metrics / "ingest" / f"{dataset}.json").read_text())
+        held = ingested["splits"]["eval"]
         assert json.loads((metrics / "evalset" / f"{dataset}.json").read_text())["rows_in"] == held > 0
+        cleaned = json.loads((metrics / "clean" / f"{dataset}.json").read_text())  # the training rows
+        assert cleaned["rows_in"] + held == ingested["rows_kept"] and cleaned["eval_rows_skipped"] == held
     filt = json.loads((metrics / "filter" / "corpus.json").read_text())
     assert filt["rejected_by_reason"]["lang"] >= 90  # the Django locales
     pre = json.loads((metrics / "pretrain.json").read_text())
