@@ -29,6 +29,8 @@ from lmtrain.config import build_config
 
 INSTRUCTIONS = Path("data/balance/instructions")
 COMPARISONS = Path("data/balance/comparisons")
+EVAL_INSTRUCTIONS = Path("data/evalset/instructions")  # held-out rows: the frozen evaluation set
+EVAL_COMPARISONS = Path("data/evalset/comparisons")
 OUT = Path("models")
 
 
@@ -60,7 +62,7 @@ def scalars(m: dict) -> dict:
 @flow(name="sft", log_prints=True)
 def sft(params: dict) -> dict:
     cfg = config(SFTConfig, params, "sft")
-    m = train_sft(cfg, OUT / "pretrain/gpt/checkpoint", INSTRUCTIONS, INSTRUCTIONS, OUT / "sft",
+    m = train_sft(cfg, OUT / "pretrain/gpt/checkpoint", INSTRUCTIONS, EVAL_INSTRUCTIONS, OUT / "sft",
                   on_progress=progress("sft-progress", None))
     write_json("metrics/sft.json", scalars(m))
     samples = OUT / "sft" / "samples.md"
@@ -73,9 +75,9 @@ def sft(params: dict) -> dict:
 @flow(name="reward", log_prints=True)
 def reward(params: dict) -> dict:
     cfg = config(RewardConfig, params, "reward")
-    rm = train_reward(cfg, OUT / "sft/checkpoint", COMPARISONS, COMPARISONS, OUT / "reward",
+    rm = train_reward(cfg, OUT / "sft/checkpoint", COMPARISONS, EVAL_COMPARISONS, OUT / "reward",
                       on_progress=progress("reward-progress", None))
-    judge = train_judge(cfg, OUT / "sft/checkpoint", COMPARISONS, COMPARISONS, OUT / "judge",
+    judge = train_judge(cfg, OUT / "sft/checkpoint", COMPARISONS, EVAL_COMPARISONS, OUT / "judge",
                         on_progress=progress("judge-progress", None))
     by_source = ("accuracy_by_source", "pairs_by_source")
     metrics = {**scalars(rm), **{k: rm.get(k) for k in by_source}, "calibration": rm.get("calibration"),
@@ -113,7 +115,7 @@ def ppo(params: dict) -> dict:
 @flow(name="dpo", log_prints=True)
 def dpo(params: dict) -> dict:
     cfg = config(DPOConfig, params, "dpo")
-    m = train_dpo(cfg, OUT / "sft/checkpoint", COMPARISONS, COMPARISONS, OUT / "dpo",
+    m = train_dpo(cfg, OUT / "sft/checkpoint", COMPARISONS, EVAL_COMPARISONS, OUT / "dpo",
                   on_progress=progress("dpo-progress", None))
     write_json("metrics/dpo.json", scalars(m))
     print(f"dpo: held-out loss {m.get('eval_loss')}")
@@ -124,7 +126,7 @@ def dpo(params: dict) -> dict:
 def align_eval(params: dict) -> dict:
     cfg = config(AlignEvalConfig, params, "align_eval")
     m = evaluate_alignment(cfg, OUT / "sft/checkpoint", {"ppo": OUT / "ppo/checkpoint", "dpo": OUT / "dpo/checkpoint"},
-                           OUT / "judge/checkpoint", INSTRUCTIONS, OUT / "align_eval")
+                           OUT / "judge/checkpoint", EVAL_INSTRUCTIONS, OUT / "align_eval")
     markdown = m.pop("markdown", "")
     write_json("metrics/align_eval.json", json.loads(json.dumps(m, default=str)))
     create_markdown_artifact(key="align-eval-samples", markdown=markdown or "(no samples)")

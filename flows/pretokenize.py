@@ -1,6 +1,7 @@
-"""Stage `pretokenize`: balanced shards → flat token files per shard and split (`data/tokens/
-{train,eval}/<shard>.bin` + JSON sidecar), one task per shard. Training documents appear
-`repeats` times (balance's up-sampling); evaluation documents once.
+"""Stage `pretokenize`: flat token files per shard and split (`data/tokens/{train,eval}/<shard>.bin`
++ JSON sidecar), one task per shard. Training tokens come from balance's train rows (`input`),
+each document `repeats` times (its up-sampling); evaluation tokens from the frozen evaluation set
+(`eval_input`, data/evalset/corpus), each document once.
 
     python -m flows.pretokenize [--params params.yaml]
 """
@@ -32,27 +33,27 @@ def shard_texts(shard: Path, split: str) -> list[str]:
 
 
 @task(name="tokenize-shard", cache_policy=NO_CACHE, retries=1)
-def tokenize_shard(shard: Path, tokenizer_dir: Path, out: Path) -> dict:
+def tokenize_shard(shard: Path, tokenizer_dir: Path, out: Path, split: str) -> dict:
+    """Tokenize one shard's `split` rows into `out/<split>/<shard>.bin`; {split: sidecar} or {}."""
+    texts = shard_texts(shard, split)
+    if not texts:
+        return {}
     tok = load_tokenizer(tokenizer_dir)
-    sidecars = {}
-    for split in ("train", "eval"):
-        texts = shard_texts(shard, split)
-        if texts:
-            sidecars[split] = write_token_shard(texts, tok, out / split / f"{shard.stem}.bin", num_threads=1)
-    return sidecars
+    return {split: write_token_shard(texts, tok, out / split / f"{shard.stem}.bin", num_threads=1)}
 
 
 @flow(name="pretokenize", log_prints=True)
 def pretokenize(params: dict) -> dict:
     cfg = params.get("pretokenize", {})
     source, tok_dir = Path(cfg.get("input", "data/balance/corpus")), Path(cfg.get("tokenizer", "models/tokenizer"))
-    shards = list_shards(source)
+    eval_source = Path(cfg.get("eval_input", "data/evalset/corpus"))
+    shards = [(s, "train") for s in list_shards(source)] + [(s, "eval") for s in list_shards(eval_source)]
     t0 = time.perf_counter()
     with atomic_dir(Path(cfg.get("out", "data/tokens"))) as staging:
         (staging / "train").mkdir()
         (staging / "eval").mkdir()
-        futures = [tokenize_shard.with_options(task_run_name=f"tokenize-{s.stem}").submit(s, tok_dir, staging)
-                   for s in shards]
+        futures = [tokenize_shard.with_options(task_run_name=f"tokenize-{split}-{s.stem}").submit(
+            s, tok_dir, staging, split) for s, split in shards]
         results = [f.result() for f in futures]
     metrics: dict = {"seconds": round(time.perf_counter() - t0, 3), "shards_in": len(shards)}
     for split in ("train", "eval"):
