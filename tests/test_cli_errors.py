@@ -84,7 +84,7 @@ def test_chat_reply_longer_than_the_context_is_refused(capsys, tmp_path):
 
 def test_sql_typo_in_query(capsys, tmp_path):
     line = assert_one_line(*run_cli(capsys, "query", "--data", str(tmp_path), "SELEC 1"))
-    assert line.startswith("lmforge query: SQL error:") and "SELEC" in line
+    assert line.startswith("lmforge query:") and "syntax error" in line and "SELEC" in line
 
 
 def test_missing_profile(capsys, tmp_path):
