@@ -3,104 +3,43 @@ server-sent events or not), /v1/models and /health.
 
     lmforge serve --checkpoint runs/sft        # or: python -m lmtrain.inference.serve --checkpoint runs/sft
 
-Binds 127.0.0.1 unless told otherwise. Errors use OpenAI's body, {"error": {"message", "type", "param",
-"code"}}: 400 for a malformed request (bad JSON, bad field, a prompt or max_tokens beyond the context),
-404 for an unknown model, 429 beyond the concurrency cap, 503 when the engine is down.
+Binds 127.0.0.1 unless told otherwise. With an API key (`--api-key`, or LMFORGE_API_KEY, as vLLM's
+`--api-key`) every route but /health needs `Authorization: Bearer KEY`. Errors use OpenAI's body,
+{"error": {"message", "type", "param", "code"}}, for every status: 400 for a malformed request (bad
+JSON, bad field, a prompt or max_tokens beyond the context), 401 without the key, 404 for an unknown
+model or path, 405 for a wrong method, 429 beyond the concurrency cap, 503 when the engine is down.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
+import ipaddress
 import json
+import os
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmtrain.inference.engine import Engine, EngineFull, Event, SamplingParams
 from lmtrain.inference.engine import Request as EngineRequest
+from lmtrain.inference.protocol import APIError, ChatRequest, CompletionRequest, SamplingFields, message_text
 from lmtrain.models.bundle import load_bundle
 from lmtrain.tokenizer.chat import END_OF_TURN, EOT, render
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-
-
-class APIError(Exception):
-    """An error answered with OpenAI's error body."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        headers = {"Retry-After": "1"} if self.status in (429, 503) else None
-        return JSONResponse(body, status_code=self.status, headers=headers)
-
-
-# ---- request bodies (unknown fields are ignored, as OpenAI clients send optional extras) ----
-
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=1)  # not OpenAI's, but vLLM's and ours
-    n: int = Field(1, ge=1, le=1, description="one choice per request")
-    stream: bool = False
-    stream_options: dict | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
-        stops = [v] if isinstance(v, str) else (v or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop takes up to 4 non-empty strings")
-        return v
-
-    def stop_list(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-
-
-class CompletionRequest(_Sampling):
-    prompt: str | list[int] | list[str]
-    echo: Literal[False] = False
-    logprobs: None = None
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: str
-    content: str | list[dict] | None = None
-
-
-class ChatRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-
-
-def _message_text(i: int, m: ChatMessage) -> dict:
-    """{"role", "content"} with text parts joined; 'developer' is OpenAI's newer name for 'system'."""
-    content = m.content or ""
-    if isinstance(content, list):
-        if any(part.get("type") != "text" for part in content):
-            raise APIError(400, f"messages.{i}.content: only text parts are supported", param=f"messages.{i}")
-        content = "".join(str(part.get("text", "")) for part in content)
-    return {"role": "system" if m.role == "developer" else m.role, "content": content}
+API_KEY_ENV = "LMFORGE_API_KEY"
+OPEN_PATHS = frozenset({"/health"})  # answered without the API key (load balancers, `make` checks)
 
 
 # ---- the app ----
@@ -135,7 +74,7 @@ class Server:
                            param="prompt")
         return list(prompt)
 
-    def params(self, req: _Sampling, prompt_ids: list[int], max_tokens: int | None, default_max: int | None,
+    def params(self, req: SamplingFields, prompt_ids: list[int], max_tokens: int | None, default_max: int | None,
                stop_ids: set[int]) -> SamplingParams:
         """Sampling settings, with the context checks that give the client a clear 400."""
         ctx = self.engine.block_size
@@ -233,8 +172,9 @@ async def _stream(handle: EngineRequest, queue: asyncio.Queue, chunk: Callable, 
         handle.cancel()
 
 
-def create_app(engine: Engine, model_name: str) -> FastAPI:
-    """The FastAPI app around a running engine (shut down with the app)."""
+def create_app(engine: Engine, model_name: str, api_key: str | None = None) -> FastAPI:
+    """The FastAPI app around a running engine (shut down with the app); with `api_key`, every route
+    but /health answers 401 unless the request carries `Authorization: Bearer <api_key>`."""
     server = Server(engine, model_name)
 
     @asynccontextmanager
@@ -248,6 +188,29 @@ def create_app(engine: Engine, model_name: str) -> FastAPI:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"unknown path {request.url.path}; this server answers /v1/completions, " \
+                      "/v1/chat/completions, /v1/models and /health"
+            return APIError(404, message, code="not_found").response()
+        if exc.status_code == 405:
+            return APIError(405, f"method {request.method} is not allowed on {request.url.path}",
+                            code="method_not_allowed").response()
+        return APIError(exc.status_code, str(exc.detail)).response()
+
+    if api_key:
+        expected = f"Bearer {api_key}".encode()
+
+        @app.middleware("http")
+        async def _require_key(request: Request, call_next):
+            given = request.headers.get("authorization", "").encode()
+            if request.url.path not in OPEN_PATHS and not hmac.compare_digest(given, expected):
+                return APIError(401, "missing or incorrect API key: send 'Authorization: Bearer <key>' "
+                                     "(the key given to lmforge serve --api-key)",
+                                code="invalid_api_key").response()
+            return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -295,7 +258,7 @@ def create_app(engine: Engine, model_name: str) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest):
         server.check_model(req.model)
-        messages = [_message_text(i, m) for i, m in enumerate(req.messages)]
+        messages = [message_text(i, m) for i, m in enumerate(req.messages)]
         try:
             prompt_ids, _ = render(messages, server.tokenizer, add_generation_prompt=True)
         except ValueError as e:
@@ -326,14 +289,23 @@ def create_app(engine: Engine, model_name: str) -> FastAPI:
 
 
 def build_app(ckpt_dir: str | Path, model_name: str | None = None, max_batch_size: int = 16,
-              max_waiting: int = 64, device: str = "cpu") -> FastAPI:
+              max_waiting: int = 64, device: str = "cpu", api_key: str | None = None) -> FastAPI:
     """Load a checkpoint folder with its tokenizer (lmtrain.models.bundle) and return the app serving it."""
     model, tokenizer = load_bundle(ckpt_dir, device)
     missing = [s for s in (EOT, END_OF_TURN) if s not in tokenizer.special_tokens]
     if missing:
         raise ValueError(f"{ckpt_dir}/tokenizer: lacks special tokens {missing} (needed for stops and chat)")
     engine = Engine(model, tokenizer, max_batch_size=max_batch_size, max_waiting=max_waiting)
-    return create_app(engine, model_name or default_model_name(ckpt_dir))
+    return create_app(engine, model_name or default_model_name(ckpt_dir), api_key=api_key)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_model_name(ckpt_dir: str | Path) -> str:
@@ -344,15 +316,18 @@ def default_model_name(ckpt_dir: str | Path) -> str:
 
 def run(ckpt_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, model_name: str | None = None,
         max_batch_size: int = 16, max_waiting: int = 64, device: str = "cpu", log_level: str = "info",
-        threads: int | None = None) -> None:
+        threads: int | None = None, api_key: str | None = None) -> None:
     """Serve a checkpoint until interrupted (uvicorn, one process, one engine thread)."""
     import torch
     import uvicorn
 
     if threads:
         torch.set_num_threads(threads)
+    if not api_key and not is_loopback(host):
+        print(f"lmforge serve: WARNING: binding {host} without an API key: anyone who can reach this "
+              f"address can use the model. Set --api-key or {API_KEY_ENV}.", file=sys.stderr, flush=True)
 
-    app = build_app(ckpt_dir, model_name, max_batch_size, max_waiting, device)
+    app = build_app(ckpt_dir, model_name, max_batch_size, max_waiting, device, api_key=api_key)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
@@ -370,13 +345,15 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is fastest for tiny models)")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
+                   help=f"require 'Authorization: Bearer KEY' on every route but /health (default: ${API_KEY_ENV})")
     p.set_defaults(func=_cmd_serve)
     return p
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     run(args.checkpoint, args.host, args.port, args.model_name, args.max_batch_size, args.max_waiting,
-        args.device, args.log_level, args.threads)
+        args.device, args.log_level, args.threads, api_key=args.api_key)
     return 0
 
 
