@@ -140,10 +140,12 @@ def test_decontamination_counts_direct_overlaps_only():
 
 
 def test_training_copies_of_eval_documents_are_eval_overlap_even_with_dedup_off(staged):
+    from flows.clean import clean
     from flows.dedup import dedup
 
     root, params, n = staged
     ev = run_evalset(params)
+    cleaned = clean("corpus", params)
     params["dedup"].update(exact=False, near=False)
     m = dedup("corpus", params)
     rej = read_all(root / "dedup" / "corpus" / "rejected")
@@ -153,14 +155,16 @@ def test_training_copies_of_eval_documents_are_eval_overlap_even_with_dedup_off(
     assert m["rejected_by_reason"] == {"eval_overlap": 2}
     assert m["decontamination"][0]["eval_docs"] == 4  # the curated set, not the raw held-out rows
     # conservation across the fork: every ingest row is read by exactly one side
-    train_in = m["rows_in"] - read_all(root / "ingest" / "corpus").filter(pl.col("split") == "eval").height
-    assert train_in + ev["rows_in"] == n
+    assert m["rows_in"] == cleaned["rows_kept"] and (read_all(root / "dedup" / "corpus")["split"] == "train").all()
+    assert cleaned["rows_in"] + ev["rows_in"] == n == 13
 
 
 def test_dedup_refuses_to_run_without_the_evaluation_set(staged):
+    from flows.clean import clean
     from flows.dedup import dedup
 
     _, params, _ = staged
+    clean("corpus", params)
     with pytest.raises(FileNotFoundError, match="evalset@corpus"):
         dedup("corpus", params)
 

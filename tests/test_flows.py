@@ -43,12 +43,14 @@ def params_for(tmp_path, root, kind: str) -> dict:
 
 def run_stages(params: dict) -> dict:
     from flows._stage import task_runner
+    from flows.clean import clean
     from flows.dedup import dedup
     from flows.evalset import evalset
     from flows.ingest import ingest
 
     ingest.with_options(task_runner=task_runner(params))("corpus", params)
     evalset.with_options(task_runner=task_runner(params))("corpus", params)
+    clean.with_options(task_runner=task_runner(params))("corpus", params)
     return dedup.with_options(task_runner=task_runner(params))("corpus", params)
 
 
@@ -75,7 +77,9 @@ def test_stage_metrics_conserve_rows_and_lineage_explains_drops(tmp_path, prefec
     ingest_m = json.loads((tmp_path / "metrics" / "ingest" / "corpus.json").read_text())
     assert ingest_m["rows_in"] == 42 and ingest_m["rejected_by_reason"] == {"malformed_json": 1}
     assert ingest_m["shards"] > 2  # tiny shard size: several shards, several tasks
-    assert metrics["rows_in"] == ingest_m["rows_kept"] == metrics["rows_kept"] + metrics["rows_rejected"]
+    held = json.loads((tmp_path / "metrics" / "evalset" / "corpus.json").read_text())["rows_in"]
+    assert metrics["rows_in"] + held == ingest_m["rows_kept"]  # training rows here, held-out rows in evalset
+    assert metrics["rows_in"] == metrics["rows_kept"] + metrics["rows_rejected"]
     assert sum(metrics["rejected_by_reason"].values()) == 1  # the planted copy of document 3
     con = lineage.connect(tmp_path / "data")
     assert {"ingest_corpus", "ingest_corpus_rejected", "dedup_corpus", "dedup_corpus_rejected",
@@ -84,8 +88,9 @@ def test_stage_metrics_conserve_rows_and_lineage_explains_drops(tmp_path, prefec
     (doc_id, reason, kept_id), = dropped
     assert reason in ("exact_dup", "eval_overlap")
     trail = lineage.why(con, doc_id)
-    assert [(s, st) for s, _, st, *_ in trail] == [("ingest", "kept"), ("dedup", "rejected")]
-    assert con.execute("SELECT count(*) FROM dedup_corpus WHERE id = ?", [kept_id]).fetchone()[0] == 1
+    assert [(s, st) for s, _, st, *_ in trail] == [("ingest", "kept"), ("clean", "kept"), ("dedup", "rejected")]
+    kept_in = "evalset_corpus" if reason == "eval_overlap" else "dedup_corpus"  # the copy it matches
+    assert con.execute(f"SELECT count(*) FROM {kept_in} WHERE id = ?", [kept_id]).fetchone()[0] == 1
     assert cli_main(["query", "SELECT reason, count(*) AS n FROM lineage WHERE status = 'rejected' "
                               "GROUP BY reason ORDER BY reason", "--data", str(tmp_path / "data")]) == 0
     out = capsys.readouterr().out
