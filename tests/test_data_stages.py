@@ -1,6 +1,7 @@
-"""ingest → dedup → filter → balance through their Prefect flows on a slice of the real sample:
-conservation at every stage, language ID rejecting the Django locales, the quality classifier
-never filtering the evaluation split, balance meeting its weights, and bad config failing early."""
+"""ingest → clean → dedup → filter → balance (and ingest → evalset) through their Prefect flows on a
+slice of the real sample: conservation at every stage and across the fork, language ID rejecting the
+Django locales, no held-out row on the training side, balance meeting its weights, and bad config
+failing early."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def stage_run(tmp_path_factory, raw_sample, prefect_harness):
 
     from flows._stage import task_runner
     from flows.balance import balance_stage
+    from flows.clean import clean
     from flows.dedup import dedup
     from flows.evalset import evalset
     from flows.filter import filter_stage
@@ -58,6 +60,7 @@ def stage_run(tmp_path_factory, raw_sample, prefect_harness):
         runner = task_runner(params)
         metrics = {"ingest": ingest.with_options(task_runner=runner)("corpus", params)}
         metrics["evalset"] = evalset.with_options(task_runner=runner)("corpus", params)
+        metrics["clean"] = clean.with_options(task_runner=runner)("corpus", params)
         metrics["dedup"] = dedup.with_options(task_runner=runner)("corpus", params)
         metrics["filter"] = filter_stage.with_options(task_runner=runner)("corpus", params)
         metrics["balance"] = balance_stage.with_options(task_runner=runner)("corpus", params)
@@ -69,11 +72,11 @@ def stage_run(tmp_path_factory, raw_sample, prefect_harness):
 def test_every_stage_conserves_documents(stage_run):
     root, _, metrics = stage_run
     previous_kept = None
-    for stage in ("ingest", "dedup", "filter", "balance"):
+    for stage in ("ingest", "clean", "dedup", "filter", "balance"):
         m = metrics[stage]
         assert m["rows_in"] == m["rows_kept"] + m["rows_rejected"]
-        if previous_kept is not None:
-            assert m["rows_in"] == previous_kept
+        if previous_kept is not None:  # clean reads ingest's training rows (the fork: see below)
+            assert m["rows_in"] == previous_kept - (metrics["evalset"]["rows_in"] if stage == "clean" else 0)
         previous_kept = m["rows_kept"]
         folder = root / "data" / stage / "corpus"
         kept = pl.concat([pl.read_parquet(p) for p in sorted(folder.glob("*.parquet"))], how="diagonal_relaxed")
@@ -105,26 +108,26 @@ def test_language_id_rejects_non_english_locales(stage_run):
     assert (kept["lang"] == "en").all() and "quality_score" in kept.columns
 
 
-def test_quality_classifier_scores_eval_but_never_filters_it(stage_run):
+def test_quality_classifier_filters_training_rows(stage_run):
     root, _, metrics = stage_run
     m = metrics["filter"]
     assert m["rejected_by_reason"].get("quality", 0) > 0
     rej = read_all(root / "data" / "filter" / "corpus" / "rejected")
     assert rej.filter(pl.col("reason") == "quality")["split"].unique().to_list() == ["train"]
     kept = read_all(root / "data" / "filter" / "corpus")
-    assert kept.filter(pl.col("split") == "eval")["quality_score"].is_not_null().all()
+    assert kept["quality_score"].is_not_null().all() and (kept["split"] == "train").all()
     clf = m["quality_classifier"]
     assert clf["holdout_accuracy_by_source"]["pydoc"] > 0.6
     assert (root / "models" / "corpus" / "quality.bin").exists()
 
 
-def test_balance_meets_weights_and_leaves_eval_alone(stage_run):
+def test_balance_meets_weights(stage_run):
     root, _, metrics = stage_run
     m = metrics["balance"]
     for source, target in m["target_weights"].items():
         assert abs(m["realised_weights"][source] - target) < 0.05
     kept = read_all(root / "data" / "balance" / "corpus")
-    assert (kept.filter(pl.col("split") == "eval")["repeats"] == 1).all()
+    assert (kept["split"] == "train").all()
     assert m["rows_out"] == int(kept["repeats"].sum())
 
 
@@ -146,11 +149,12 @@ def test_weights_for_a_missing_source_fail_clearly(stage_run):
         balance_stage("corpus", bad)
 
 
-def test_filter_leaves_the_evaluation_split_untouched(stage_run):
+def test_training_side_carries_no_held_out_row(stage_run):
     root = stage_run[0]
-    before = read_all(root / "data" / "dedup" / "corpus").filter(pl.col("split") == "eval")
-    after = read_all(root / "data" / "filter" / "corpus").filter(pl.col("split") == "eval")
-    assert before.height >= 1 and sorted(before["id"]) == sorted(after["id"])
+    for stage in ("clean", "dedup", "filter", "balance"):
+        folder = root / "data" / stage / "corpus"
+        rows = pl.concat([read_all(folder), read_all(folder / "rejected")], how="diagonal_relaxed")
+        assert rows.height and (rows["split"] == "train").all(), stage
 
 
 def test_the_fork_reads_every_ingested_row_once(stage_run):
@@ -160,10 +164,6 @@ def test_the_fork_reads_every_ingested_row_once(stage_run):
     ingested = read_all(root / "data" / "ingest" / "corpus")
     held = ingested.filter(pl.col("split") == "eval")
     assert metrics["evalset"]["rows_in"] == held.height >= 1
-    dedup_in = pl.concat([read_all(root / "data" / "dedup" / "corpus"),
-                          read_all(root / "data" / "dedup" / "corpus" / "rejected")], how="diagonal_relaxed")
-    assert dedup_in.height == metrics["dedup"]["rows_in"]
-    train_in = dedup_in.filter(pl.col("split") == "train").height
-    assert train_in + metrics["evalset"]["rows_in"] == metrics["ingest"]["rows_kept"]
+    assert metrics["clean"]["rows_in"] + metrics["evalset"]["rows_in"] == metrics["ingest"]["rows_kept"]
     kept = read_all(root / "data" / "evalset" / "corpus")
     assert kept["locator"].str.starts_with("tempest").any() and (kept["split"] == "eval").all()
