@@ -13,6 +13,8 @@ Three phases, so that no step ever holds the texts of all shards at once:
 Keeper rule, per cluster: evaluation documents first (they are never rejected), then the longest,
 then the smallest id. A rejected training document is `eval_overlap` when its cluster holds an
 evaluation document, else `exact_dup` when its exact key equals the keeper's, else `near_dup`.
+(The pipeline's dedup stage sees training rows only: its decontamination against the frozen
+evaluation set is `lmdata.decontaminate`, always on and by direct pairs.)
 Clusters are transitive (A~B, B~C puts A, B, C together): `reason_value` is each rejected
 document's estimated Jaccard to the keeper it names, so a chained member shows a lower value.
 
