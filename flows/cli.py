@@ -125,6 +125,12 @@ def stage_status() -> dict[str, str]:
             result[name] = "changed: " + "; ".join(reasons)
         else:
             result[name] = "up to date"
+    for name, state in list(result.items()):  # a source's fingerprint stage changed: its ingest will rerun
+        if name.startswith("sources-") and state != "up to date":
+            ingest = "ingest@" + name.removeprefix("sources-").split("@")[0]
+            if ingest in result:
+                prior = "" if result[ingest] == "up to date" else result[ingest].removeprefix("changed: ") + "; "
+                result[ingest] = f"changed: {prior}source files ({name}: {state.removeprefix('changed: ')})"
     return result
 
 

@@ -41,8 +41,10 @@ def test_repro_is_incremental(tmp_path, prefect_server, raw_sample):
     sh(repo, "git", "init", "-q", env=env)
     sh(repo, dvc, "init", "-q", env=env)
     sh(repo, dvc, "config", "core.analytics", "false", env=env)
-    first = sh(repo, dvc, "repro", *STAGES, env=env)  # fetch runs too: it is upstream
-    assert ran(first) == sorted(["fetch", *STAGES])
+    first = sh(repo, dvc, "repro", *STAGES, env=env)  # fetch and the sources' fingerprints run too: upstream
+    fingerprints = [f"sources-{d}@{i}" for d in ("corpus", "instructions", "comparisons")
+                    for i in range(len(params["ingest"][d]["sources"]))]
+    assert ran(first) == sorted(["fetch", *fingerprints, *STAGES])
     assert ran(sh(repo, dvc, "repro", *STAGES, env=env)) == []
 
     params["ingest"]["instructions"]["sources"][0]["options"] = {"max_response_chars": 600}
