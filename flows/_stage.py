@@ -12,6 +12,7 @@ import yaml
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import FailedRun
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from lmdata.atomic import atomic_dir, write_json
@@ -170,7 +171,10 @@ def dataset_main(stage_flow, description: str, argv: list[str] | None = None,
             check(args.dataset, params)
         except ConfigError as e:
             raise SystemExit(f"{stage_flow.name} {args.dataset}: {e}") from None
-    return stage_flow.with_options(task_runner=task_runner(params))(args.dataset, params)
+    try:
+        return stage_flow.with_options(task_runner=task_runner(params))(args.dataset, params)
+    except FailedRun as e:  # a flow that returned a Failed state with its reason: one line
+        raise SystemExit(str(e)) from None
 
 
 def staged(out: Path):

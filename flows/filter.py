@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
 
 from flows._stage import data_root, dataset_main, map_shards, publish_metrics
 from lmdata.atomic import atomic_dir, write_json
@@ -35,6 +36,7 @@ from lmdata.filters.explain import rules_dropping_most, source_rule_counts
 from lmdata.filters.heuristics import HeuristicsConfig, heuristic_filter, record_filter
 from lmdata.filters.langid import LangIdConfig, langid_filter
 from lmdata.filters.quality import (
+    InsufficientQualityData,
     QualityConfig,
     check_positive_source,
     keep_threshold,
@@ -107,9 +109,13 @@ def rules_step(df: pl.DataFrame, dataset: str, langid: LangIdConfig, heur: Heuri
 
 @task(name="train-quality-classifier", cache_policy=NO_CACHE)
 def train_classifier(shards: list[Path], cfg: QualityConfig, model_path: Path) -> dict:
+    """Train, or report why not: `trained: false` with `skipped_reason` (skip) or `failed` (fail)."""
     cols = ["id", "source", "group", "split", "text"]
     pool = pl.concat([pl.read_parquet(s, columns=cols) for s in shards])
-    return train_quality_classifier(pool, cfg, model_path)
+    try:
+        return train_quality_classifier(pool, cfg, model_path)
+    except InsufficientQualityData as e:  # returned, not raised: the flow fails without a traceback
+        return {"trained": False, "failed": str(e)}
 
 
 @task(name="score-shard", cache_policy=NO_CACHE)
@@ -134,15 +140,10 @@ def combine(first: list[dict], second: list[dict]) -> list[dict]:
     return out
 
 
-@flow(name="filter", log_prints=True)
-def filter_stage(dataset: str, params: dict) -> dict:
-    check(dataset, params)
-    langid, heur, quality = configs(params, dataset)
-    root = data_root(params)
-    in_dir = root / "dedup" / dataset
-    model_dir = Path(params.get("filter", {}).get("model_dir", "models/quality")) / dataset
-    t0 = time.perf_counter()
-    step = functools.partial(rules_step, dataset=dataset, langid=langid, heur=heur)
+def filter_shards(dataset: str, in_dir: Path, root: Path, model_dir: Path, step, quality: QualityConfig
+                  ) -> tuple[list[dict], dict]:
+    """The rules pass, then (corpus) the classifier and the quality pass, into the output folders
+    atomically; raises InsufficientQualityData (nothing written) when the classifier must not be used."""
     extra: dict = {}
     with atomic_dir(model_dir) as model_staging, atomic_dir(root / "filter" / dataset) as staging:
         if dataset != "corpus" or not quality.enabled:
@@ -157,6 +158,8 @@ def filter_stage(dataset: str, params: dict) -> dict:
                 (staging / REJECTED_DIR).mkdir(parents=True, exist_ok=True)
                 for rej in sorted((Path(tmp) / REJECTED_DIR).glob("*.parquet")):
                     shutil.copy(rej, staging / REJECTED_DIR / rej.name)
+                if "failed" in extra["quality_classifier"]:
+                    raise InsufficientQualityData(extra["quality_classifier"]["failed"])
                 if not extra["quality_classifier"]["trained"]:  # on_insufficient: skip
                     for shard in shards:
                         shutil.copy(shard, staging / shard.name)
@@ -172,6 +175,22 @@ def filter_stage(dataset: str, params: dict) -> dict:
                     second = map_shards(qstep, Path(tmp), staging, dataset, reject_suffix="-quality")
                     stats = combine(first, second)
                 write_json(model_staging / "classifier.json", {"dataset": dataset, **extra["quality_classifier"]})
+    return stats, extra
+
+
+@flow(name="filter", log_prints=True)
+def filter_stage(dataset: str, params: dict) -> dict:
+    check(dataset, params)
+    langid, heur, quality = configs(params, dataset)
+    root = data_root(params)
+    in_dir = root / "dedup" / dataset
+    model_dir = Path(params.get("filter", {}).get("model_dir", "models/quality")) / dataset
+    t0 = time.perf_counter()
+    step = functools.partial(rules_step, dataset=dataset, langid=langid, heur=heur)
+    try:
+        stats, extra = filter_shards(dataset, in_dir, root, model_dir, step, quality)
+    except InsufficientQualityData as e:  # nothing written; one line, no traceback
+        return Failed(message=f"filter {dataset}: {e}")
     by_source, by_rule = source_rule_counts(in_dir, root / "filter" / dataset)
     extra["rules_dropping_most"] = rules_dropping_most(by_source, by_rule, heur, DOMINANT_RULE_SHARE)
     metrics = summarise(stats, time.perf_counter() - t0, **extra)

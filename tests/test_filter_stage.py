@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 import yaml
 
 from lmdata.filters.explain import SHORT_TEXT_HINT, heuristic_setting, rules_dropping_most
@@ -68,3 +69,46 @@ def test_rule_settings_read_the_threshold_that_ran():
     line = heuristic_setting("c4_min_words_per_line", 0.8, heur).describe(0.8)
     assert line == ("0.8 > filter.heuristics.c4_max_bad_line_frac 0.5 "
                     "(filter.heuristics.c4_min_words_per_line 3)")
+
+
+def small_pool(tmp_path: Path, quality: dict) -> dict:
+    """A dedup output with two sources of 6 documents each, too few chunks to train a classifier."""
+    prose = ("The river ran past the old mill and the miller watched it with a patient eye while the "
+             "children gathered smooth stones from the shallow water near the bank. ")
+    rows = [{"id": f"{s}{i}", "source": s, "group": f"{s}{i}", "split": "train", "locator": f"{s}:{i}",
+             "content_hash": f"{i:032d}", "text": f"{s} {i}. " + prose * 3, "n_bytes": 500, "meta": "{}"}
+            for s in ("wiki", "forum") for i in range(6)]
+    shard = tmp_path / "data" / "dedup" / "corpus" / "part-0000.parquet"
+    shard.parent.mkdir(parents=True)
+    pl.DataFrame(rows).write_parquet(shard)
+    return {"data": {"root": str(tmp_path / "data")},
+            "filter": {"model_dir": str(tmp_path / "models"), "langid": {"enabled": False},
+                       "heuristics": {"enabled": False}, "quality": {"positive_source": "wiki", **quality}}}
+
+
+def test_too_small_a_classifier_fails_the_stage_in_one_line_writing_nothing(tmp_path, prefect_harness, monkeypatch):
+    from flows.filter import main
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(small_pool(tmp_path, {})))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:  # the flow returns a Failed state: no traceback, one line
+        main(["corpus"])
+    error = str(stop.value.code)
+    assert error.startswith("filter corpus: quality classifier not used:") and len(error.splitlines()) == 1
+    assert "min_chunks_per_class 200" in error and "on_insufficient: skip" in error
+    assert not (tmp_path / "data" / "filter" / "corpus").exists() and not (tmp_path / "models" / "corpus").exists()
+
+
+def test_skipped_classifier_keeps_every_document_and_says_why(tmp_path, prefect_harness, monkeypatch):
+    import json
+
+    from flows.filter import filter_stage
+
+    monkeypatch.chdir(tmp_path)
+    metrics = filter_stage("corpus", small_pool(tmp_path, {"on_insufficient": "skip"}))
+    assert metrics["rows_kept"] == 12 and metrics["rows_rejected"] == 0
+    clf = metrics["quality_classifier"]
+    assert clf["trained"] is False and "fewer than filter.quality.min_chunks_per_class 200" in clf["skipped_reason"]
+    saved = json.loads((tmp_path / "models" / "corpus" / "classifier.json").read_text())
+    assert saved["trained"] is False and saved["skipped_reason"] == clf["skipped_reason"]
+    assert pl.read_parquet(tmp_path / "data" / "filter" / "corpus" / "part-0000.parquet").height == 12

@@ -117,7 +117,13 @@ def holdout_groups(sources: list[str], groups: list[str], cfg: QualityConfig) ->
 
 
 def training_examples(df: pl.DataFrame, cfg: QualityConfig) -> pl.DataFrame:
-    """One row per chunk: source, label, holdout flag, chunk text (train split only)."""
+    """One row per chunk: source, label, holdout flag, chunk text (train split only); the training
+    part capped to the same number of chunks per class."""
+    return cap_classes(all_chunks(df, cfg), cfg)
+
+
+def all_chunks(df: pl.DataFrame, cfg: QualityConfig) -> pl.DataFrame:
+    """Every chunk of the train split, labelled and marked held out or not (no cap)."""
     check_positive_source(cfg, df.filter(pl.col("split") == "train")["source"].unique().to_list())
     group_col = "group" if "group" in df.columns else "id"
     rows = []
@@ -128,9 +134,12 @@ def training_examples(df: pl.DataFrame, cfg: QualityConfig) -> pl.DataFrame:
         label = POS if r[1] == cfg.positive_source else NEG
         for k, chunk in enumerate(chunk_words(r[3], cfg.chunk_words, cfg.min_chunk_words)):
             rows.append((r[1], label, held, _unit_hash(f"{r[0]}:{k}", cfg.seed), chunk))
-    ex = pl.DataFrame(rows, schema={"source": pl.Utf8, "label": pl.Utf8, "holdout": pl.Boolean,
-                                    "order": pl.Float64, "chunk": pl.Utf8}, orient="row")
-    # Cap each class (in the training part) by hash order: balanced, deterministic classes.
+    return pl.DataFrame(rows, schema={"source": pl.Utf8, "label": pl.Utf8, "holdout": pl.Boolean,
+                                      "order": pl.Float64, "chunk": pl.Utf8}, orient="row")
+
+
+def cap_classes(ex: pl.DataFrame, cfg: QualityConfig) -> pl.DataFrame:
+    """Cap each class (in the training part) by hash order: balanced, deterministic classes."""
     train = ex.filter(~pl.col("holdout")).sort("order")
     n = min(cfg.max_chunks_per_class, *train.group_by("label").len()["len"].to_list(), 2**62)
     train = train.filter(pl.int_range(pl.len()).over("label") < n)
@@ -170,18 +179,20 @@ def _train(lines: list[str], cfg: QualityConfig, model_path: Path):
 def train_quality_classifier(df: pl.DataFrame, cfg: QualityConfig, model_path: str | Path) -> dict:
     """Train on the train split's chunks, save the model to `model_path`, return held-out metrics:
     precision/recall/accuracy overall and accuracy per source (and chunk counts)."""
-    ex = training_examples(df, cfg)
+    chunks = all_chunks(df, cfg)
+    available = {POS: 0, NEG: 0} | dict(chunks.filter(~pl.col("holdout")).group_by("label").len().iter_rows())
+    ex = cap_classes(chunks, cfg)
     train, held = ex.filter(~pl.col("holdout")), ex.filter(pl.col("holdout"))
     by_label = {POS: 0, NEG: 0} | dict(train.group_by("label").len().iter_rows())
     held_by_label = {POS: 0, NEG: 0} | dict(held.group_by("label").len().iter_rows())
     metrics: dict = {"trained": False, "train_chunks": train.height, "holdout_chunks": held.height,
                      "train_chunks_by_label": dict(sorted(by_label.items()))}
-    fewest = min(by_label, key=lambda k: (by_label[k], k))
-    if by_label[fewest] < cfg.min_chunks_per_class:
+    fewest = min(available, key=lambda k: (available[k], k))
+    if available[fewest] < cfg.min_chunks_per_class:
         what = (f"positive_source {cfg.positive_source!r}" if fewest == POS
                 else "the other sources (negatives, after language ID and the rules)")
         return _insufficient(metrics, cfg, (
-            f"{by_label[fewest]} training chunks of {what}, fewer than filter.quality.min_chunks_per_class "
+            f"{available[fewest]} training chunks of {what}, fewer than filter.quality.min_chunks_per_class "
             f"{cfg.min_chunks_per_class}: add data, lower min_chunks_per_class or chunk_words"))
     if min(held_by_label.values()) == 0:
         return _insufficient(metrics, cfg, (
