@@ -182,3 +182,34 @@ def test_clean_shard_reads_only_training_rows_and_conserves_them(tmp_path):
                           .select("text", "split")) if t.startswith("#REDIRECT") and s == "train")
     assert not any(m in t for t in kept["text"] for m in ("{{", "[[", "'''", "&lt;"))
     assert stats[0]["steps"]["wikitext"]["docs_changed"] == kept.height
+
+
+PROSE = [
+    "The river rises in the highlands west of the capital and flows east for about four hundred miles "
+    "before it reaches the sea. Along its course it passes through forests, farmland and two large towns, "
+    "and it has long been the main route for trade between the coast and the interior.",
+    "In the early years of the colony, traders used small boats to carry grain and cloth down the river. "
+    "Later a railway was built beside it, and the old river ports slowly lost their importance, although "
+    "fishing remains a common trade in the villages along the lower valley.",
+    "Today the river is protected for much of its length. Its delta is an important wetland for birds, and "
+    "several national parks lie on its banks, where visitors can see elephants, hippos and many kinds of "
+    "antelope during the dry season.",
+]
+
+
+def wiki_article(title: str) -> str:
+    cite = "<ref>{{cite book |last=Smith |first=John |title=Rivers of the East |publisher=Example Press |year=1990 |page=12}}</ref>"
+    body = "\n\n".join(f"{p}{cite}" for p in PROSE)
+    return (f"{{{{Infobox river\n| name = {title}\n| length = 400 mi\n}}}}\n'''{title}''' is a river in "
+            f"[[East Africa]].{cite}\n\n== Course ==\n{body}\n\n== References ==\n{{{{reflist}}}}\n"
+            f"* {{{{cite web |url=http://example.org |title={title} facts}}}}\n[[Category:Rivers]]")
+
+
+def test_cleaned_wiki_articles_pass_the_heuristics_that_their_markup_failed():
+    from lmdata.filters.heuristics import HeuristicsConfig, heuristic_filter
+
+    raw = frame([wiki_article(t) for t in ("Tana River", "Athi River", "Ewaso Ng'iro")])
+    before = heuristic_filter(raw, HeuristicsConfig())
+    assert before.kept.height == 0  # the markup, not the prose, is what fails
+    after = heuristic_filter(clean_step(raw, CleanConfig()).kept.drop("clean"), HeuristicsConfig())
+    assert after.rejected.height == 0, after.rejected.select("reason", "reason_value").to_dicts()
