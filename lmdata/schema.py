@@ -5,7 +5,9 @@ Common columns (every dataset): `id` (unique per row: hash of source, locator an
 file#member), `group` (split group key), `split` (`train`/`eval`), `text` (what text-level steps
 read: the document, or the record's fields joined — see `lmdata.readers.record_text`), `n_bytes`
 (UTF-8 bytes of `text`), `meta` (JSON object as a string: work, edition, locale, derived, ...).
-Later stages add columns (`lang`, `quality_score`, `repeats`, ...); schemas are not strict.
+`meta` also holds what a record carried besides its text (`title`, `url`, `lang`, other fields
+under `fields`), `repaired_bytes` and the source's `markup`. Later stages add columns (`clean`: a
+JSON map of clean step → bytes removed, `lang`, `quality_score`, `repeats`, ...); schemas are not strict.
 """
 
 from __future__ import annotations
