@@ -3,7 +3,7 @@
 Common columns (every dataset): `id` (unique per row: hash of source, locator and text),
 `content_hash` (hash of the normalised text), `source`, `locator` (file, file:line or
 file#member), `group` (split group key), `split` (`train`/`eval`), `text` (what text-level steps
-read: the document, or the record's fields joined — see `lmdata.readers.record_text`), `n_bytes`
+read: the document, or the record's fields joined — see `lmdata.text.record_text`), `n_bytes`
 (UTF-8 bytes of `text`), `meta` (JSON object as a string: work, edition, locale, derived, ...).
 `meta` also holds what a record carried besides its text (`title`, `url`, `lang`, other fields
 under `fields`), `repaired_bytes` and the source's `markup`. Later stages add columns (`clean`: a
