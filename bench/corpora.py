@@ -60,6 +60,17 @@ def set_key(params: dict, dotted: str, value) -> None:
     node[last] = value
 
 
+def sample_paths(node, raw: Path):
+    """Point every `data/raw/...` path in params at the fetched sample `raw`."""
+    if isinstance(node, dict):
+        return {k: sample_paths(v, raw) for k, v in node.items()}
+    if isinstance(node, list):
+        return [sample_paths(v, raw) for v in node]
+    if isinstance(node, str) and node.startswith("data/raw/"):
+        return str(raw / node.removeprefix("data/raw/"))
+    return node
+
+
 def scratch_params(work: Path, corpus: Path, raw: Path, overrides: list[str]) -> dict:
     """The project's params.yaml with the one JSONL source, data and models inside `work`."""
     params = yaml.safe_load((CODE / "params.yaml").read_text())
@@ -68,7 +79,7 @@ def scratch_params(work: Path, corpus: Path, raw: Path, overrides: list[str]) ->
     params["ingest"]["corpus"] = {"sources": [
         {"type": "jsonl", "source": "mixed", "path": str(corpus), "fields": dict(RECORD_FIELDS)}]}
     params["filter"]["model_dir"] = str(work / "models" / "quality")
-    params["filter"]["langid"]["model_path"] = str(raw / "models" / "lid.176.ftz")
+    params = sample_paths(params, raw)  # every `data/raw/...` setting (lid.176 for filter and evalset)
     params["filter"]["quality"]["positive_source"] = "wiki"
     for item in overrides:
         key, _, value = item.partition("=")
@@ -152,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="override a params.yaml setting for the run (YAML value)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch workspace")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "corpora.json"))
+    ap.add_argument("--compare", metavar="JSON", help="an earlier result (e.g. the code before issue 12) to show "
+                    "beside this one; its figures are kept under `compared`")
     args = ap.parse_args(argv)
 
     raw = raw_sample()
@@ -176,12 +189,18 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         with prefect_test_harness(server_startup_timeout=180):
             log = run_stages(params, work, outcomes)
-            logging.getLogger("prefect.server").disabled = True  # event flushes cancelled at shutdown
+            logging.disable(logging.ERROR)  # the test server's event flushes are cancelled at shutdown
+        logging.disable(logging.NOTSET)
         report = build_report(outcomes, params, log)
     finally:
         os.chdir(cwd)
     report.update({"code": str(CODE), "quick": args.quick, "seed": args.seed, "overrides": args.set, "records": len(records),
                    "corpus_mb": round(corpus.stat().st_size / 1e6, 3), "seconds": round(time.perf_counter() - t0, 1)})
+    if args.compare:
+        earlier = json.loads(Path(args.compare).read_text())
+        report["compared"] = {"file": args.compare, "code": earlier.get("code"),
+                              "rows": {r["measure"]: r["ours"] for r in earlier["rows"]},
+                              "stages": [f"{e['stage']} {e['status']}" for e in earlier["stages"]]}
     print_report(report)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from mixed_corpus import jaccard
 
 WANTED = ["id", "split", "source", "text", "meta", "locator", "group", "reason", "reason_detail", "reason_value"]
 PRE_DEDUP = ("ingest", "clean")
+CLEAN_REASONS = ("redirect", "disambiguation", "empty_after_clean")  # also inside the evalset stage
 MARKUP = {
     "{{": re.compile(r"\{\{"), "}}": re.compile(r"\}\}"), "[[": re.compile(r"\[\["), "]]": re.compile(r"\]\]"),
     "'''": re.compile(r"'''"), "&lt;": re.compile(r"&lt;"), "<ref": re.compile(r"<ref", re.I),
@@ -22,7 +23,8 @@ MARKUP = {
                            r"\b[^>]*>", re.I),
 }
 TARGETS = [  # measure, target, what it counts
-    ("corpora_articles_kept_for_training", 0.90, "wiki articles in the train split kept for training"),
+    ("corpora_articles_kept_for_training", 0.90, "wiki articles in the train split kept by clean, dedup and filter"),
+    ("corpora_articles_in_balanced_mix", 0.90, "the same, after balance's mixture sampling"),
     ("corpora_redirects_rejected_as_redirect", 1.00, "redirect pages rejected with reason `redirect`"),
     ("corpora_non_english_rejected", 0.99, "non-English documents neither kept for training nor in the eval set"),
     ("corpora_planted_duplicates_found", 0.95, "planted copies whose pair got a duplicate reason"),
@@ -124,6 +126,9 @@ def build_report(o: Outcomes, params: dict, log: list[dict]) -> dict:
     last = ok[-1] if ok else None
     final = o.kept.get(last, {}) if last else {}
     train_final = {i for i, (s, _) in final.items() if s == "train"}
+    quality = [s for s in ok if s != "balance"]  # the last stage that judges documents
+    judged = o.kept.get(quality[-1], {}) if quality else {}
+    train_kept = {i for i, (s, _) in judged.items() if s == "train"}
     if "evalset" in o.kept:
         eval_docs = dict(o.kept["evalset"])
     else:
@@ -137,11 +142,12 @@ def build_report(o: Outcomes, params: dict, log: list[dict]) -> dict:
     table: dict[str, dict] = {}
     for i, r in enumerate(recs):
         for key in (f"source={r['source']}", f"kind={r['plant_kind']}"):
-            t = table.setdefault(key, {"in": 0, "train": 0, "eval": 0, "kept_train": 0, "eval_set": 0,
-                                       "rejected": Counter()})
+            t = table.setdefault(key, {"in": 0, "train": 0, "eval": 0, "kept_filter": 0, "kept_train": 0,
+                                       "eval_set": 0, "rejected": Counter()})
             t["in"] += 1
             t["train"] += o.split.get(i) == "train"
             t["eval"] += o.split.get(i) == "eval"
+            t["kept_filter"] += i in train_kept
             out = outcome_of(i, o, train_final, eval_set)
             if out == "kept_train":
                 t["kept_train"] += 1
@@ -151,7 +157,7 @@ def build_report(o: Outcomes, params: dict, log: list[dict]) -> dict:
                 t["rejected"][out] += 1
     for t in table.values():
         t["rejected"] = dict(t["rejected"].most_common())
-        t["kept_train_of_train"] = round(t["kept_train"] / t["train"], 4) if t["train"] else None
+        t["kept_filter_of_train"] = round(t["kept_filter"] / t["train"], 4) if t["train"] else None
 
     failures: dict[str, list] = {}
     values: dict[str, tuple[float, int]] = {}
@@ -168,24 +174,36 @@ def build_report(o: Outcomes, params: dict, log: list[dict]) -> dict:
                 "outcome": outcome_of(i, o, train_final, eval_set), "detail": rej.get("detail"),
                 "value": rej.get("value"), "title": r["title"][:60]}
 
-    def article_kept(i: int) -> bool:  # or dropped as a duplicate of its planted copy, which was kept
+    def article_kept(i: int, kept: set[int]) -> bool:  # or dropped as a duplicate of its kept planted copy
         rej = o.rejected.get(i, {})
-        return i in train_final or (is_dup_reason(rej.get("reason")) and
-                                    any(c in train_final or c in eval_set for c in copies.get(i, [])))
+        return i in kept or (is_dup_reason(rej.get("reason")) and
+                             any(c in kept or c in eval_set for c in copies.get(i, [])))
 
     articles = [i for i, r in enumerate(recs) if r["plant_kind"] == "article" and o.split.get(i) == "train"]
-    share("corpora_articles_kept_for_training", articles, article_kept, brief)
+    share("corpora_articles_kept_for_training", articles, lambda i: article_kept(i, train_kept), brief)
+    share("corpora_articles_in_balanced_mix", articles, lambda i: article_kept(i, train_final), brief)
     redirects = [i for i, r in enumerate(recs) if r["plant_kind"] == "redirect"]
     share("corpora_redirects_rejected_as_redirect", redirects,
           lambda i: o.rejected.get(i, {}).get("reason") == "redirect", brief)
     foreign = [i for i, r in enumerate(recs) if r["plant_lang"] != "en"]
-    share("corpora_non_english_rejected", foreign, lambda i: i not in train_final and i not in eval_set,
+    share("corpora_non_english_rejected", foreign, lambda i: i not in train_kept and i not in eval_set,
           lambda i: {**brief(i), "lang": recs[i]["plant_lang"], "text": recs[i]["text"][:80]})
 
     dedup_input = next((o.kept[s] for s in ("clean", "ingest") if s in o.kept), {})
 
-    def reached(i: int) -> bool:
-        return o.rejected.get(i, {}).get("stage") not in PRE_DEDUP
+    def reached(i: int) -> bool:  # not dropped by ingest or clean (nor by the evalset's own clean)
+        rej = o.rejected.get(i, {})
+        return rej.get("stage") not in PRE_DEDUP and rej.get("reason") not in CLEAN_REASONS
+
+    def comparable(c: int) -> bool:
+        """Both reach a dedup that compares them. Across splits the reference is the curated
+        evaluation set (where one exists): an evaluation original it dropped leaves nothing to overlap."""
+        orig = o.by_id[recs[c]["plant_of"]]
+        if not (reached(c) and reached(orig)):
+            return False
+        if o.split.get(c) != o.split.get(orig) and "evalset" in o.kept:
+            return (c if o.split.get(c) == "eval" else orig) in eval_set
+        return True
 
     def found(c: int) -> bool:
         orig = o.by_id[recs[c]["plant_of"]]
@@ -198,7 +216,7 @@ def build_report(o: Outcomes, params: dict, log: list[dict]) -> dict:
                 "prose_jaccard": recs[c]["plant_jaccard"], "measured_jaccard": round(jaccard(a, b), 4) if a and b else None}
 
     planted = [i for i, r in enumerate(recs) if r["plant_of"]]
-    applicable = [c for c in planted if reached(c) and reached(o.by_id[recs[c]["plant_of"]])]
+    applicable = [c for c in planted if comparable(c)]
     share("corpora_planted_duplicates_found", applicable, found, describe_pair)
     share("corpora_planted_exact_duplicates_found", [c for c in applicable if recs[c]["plant_kind"] == "dup_exact"],
           found, describe_pair)
@@ -212,7 +230,7 @@ def build_report(o: Outcomes, params: dict, log: list[dict]) -> dict:
         by_bin[key][0] += found(c)
         by_bin[key][1] += 1
 
-    kept_texts = {**{i: final[i][1] for i in train_final}, **{i: t for i, (_, t) in eval_docs.items()}}
+    kept_texts = {**{i: judged[i][1] for i in train_kept}, **{i: t for i, (_, t) in eval_docs.items()}}
     pattern_counts: Counter[str] = Counter()
     marked: dict[int, list[str]] = {}
     for i, text in kept_texts.items():
@@ -254,13 +272,14 @@ def build_report(o: Outcomes, params: dict, log: list[dict]) -> dict:
         "evalset_english_by_label": round(sum(recs[i]["plant_lang"] == "en" for i in eval_ids) / len(eval_ids), 4)
         if eval_ids else None,
         "evalset_kinds": dict(Counter(recs[i]["plant_kind"] for i in eval_ids).most_common()),
-        "training_documents": len(train_final),
+        "training_documents_after_filter": len(train_kept),
+        "training_documents_after_balance": len(train_final),
         "record_source_kept": round(sum(o.pipeline_source.get(i) == r["source"] for i, r in enumerate(recs))
                                     / len(recs), 4),
         "disambiguation_rejected_as_disambiguation": round(
             sum(o.rejected.get(i, {}).get("reason") == "disambiguation" for i, r in enumerate(recs)
                 if r["plant_kind"] == "disambiguation") / max(1, sum(r["plant_kind"] == "disambiguation" for r in recs)), 4),
-        "planted_pairs_not_reaching_dedup": len(planted) - len(applicable),
+        "planted_pairs_not_compared": len(planted) - len(applicable),
         "near_duplicates_found_by_variant_and_jaccard": {k: f"{a}/{b}" for k, (a, b) in sorted(by_bin.items())},
         "markup_pattern_counts": dict(pattern_counts.most_common()),
         "unresolved_rows": dict(o.unresolved),
@@ -272,13 +291,23 @@ def build_report(o: Outcomes, params: dict, log: list[dict]) -> dict:
 
 def print_report(rep: dict) -> None:
     print("\nstages: " + ", ".join(f"{e['stage']} {e['status']}" for e in rep["stages"]))
-    print(f"\n{'group':28s} {'in':>5s} {'train':>5s} {'eval':>5s} {'kept':>5s} {'evset':>5s}  rejected (stage:reason)")
-    for key, t in rep["by_source_and_kind"].items():
+    for e in rep["stages"]:
+        if e["status"] == "failed":
+            print(f"INCOMPLETE: {e['stage']} failed ({e['error']}); outcomes below stop at the stage before it")
+    print(f"\n{'group':26s} {'in':>5s} {'train':>5s} {'eval':>5s} {'filt':>5s} {'bal':>5s} {'evset':>5s}  "
+          "rejected (stage:reason)")
+    for key, t in sorted(rep["by_source_and_kind"].items()):
         rej = ", ".join(f"{k} {v}" for k, v in list(t["rejected"].items())[:5])
-        print(f"{key:28s} {t['in']:5d} {t['train']:5d} {t['eval']:5d} {t['kept_train']:5d} {t['eval_set']:5d}  {rej}")
-    print(f"\n{'measure':44s} {'ours':>7s} {'target':>7s}")
+        print(f"{key:26s} {t['in']:5d} {t['train']:5d} {t['eval']:5d} {t['kept_filter']:5d} {t['kept_train']:5d} "
+              f"{t['eval_set']:5d}  {rej}")
+    before = rep.get("compared", {}).get("rows", {})
+
+    def fmt(v) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    print(f"\n{'measure':44s} {'ours':>7s} {'target':>7s}" + (f" {'compared':>8s}" if before else ""))
     for r in rep["rows"]:
-        ours = "n/a" if r["ours"] is None else f"{r['ours']:.3f}"
-        flag = "" if r["ours"] is None else ("ok" if r["ours"] >= r["baseline_value"] else "MISS")
-        print(f"{r['measure']:44s} {ours:>7s} {r['baseline_value']:7.2f}  {flag}  ({r['unit']})")
+        flag = "" if r["ours"] is None else ("ok  " if r["ours"] >= r["baseline_value"] else "MISS")
+        was = f" {fmt(before.get(r['measure'])):>8s}" if before else ""
+        print(f"{r['measure']:44s} {fmt(r['ours']):>7s} {r['baseline_value']:7.2f}{was}  {flag}  ({r['unit']})")
     print("\n" + json.dumps(rep["summary"], indent=1, ensure_ascii=False))

@@ -55,9 +55,30 @@ def sentences_of(paragraph: str) -> list[str]:
     return [s for s in SENTENCE_SPLIT.split(" ".join(paragraph.split())) if s]
 
 
+STOP = {"the", "be", "to", "of", "and", "that", "have", "with", "is", "was", "a", "in", "it"}
+
+
 def prose_ok(sentence: str) -> bool:
+    """A running-prose sentence: no markup-like characters, mostly words, English function words,
+    few digits (the Britannica's OCR'd bibliography of editions is lists, not prose)."""
     words = sentence.split()
-    return 4 <= len(words) <= 90 and not BAD_PROSE.search(sentence) and sentence[-1] in ".!?\""
+    if not 6 <= len(words) <= 90 or BAD_PROSE.search(sentence) or sentence[-1] not in ".!?\"":
+        return False
+    alpha = sum(any(c.isalpha() for c in w) for w in words) / len(words)
+    stops = len({w.lower().strip(",.;:") for w in words} & STOP)
+    return alpha >= 0.9 and stops >= 2 and sum(c.isdigit() for c in sentence) < 0.05 * len(sentence)
+
+
+def unique(sents: list[str]) -> list[str]:
+    """Sentences in order, each once (docstrings of sibling functions repeat themselves)."""
+    seen: set[str] = set()
+    out = []
+    for s in sents:
+        key = " ".join(s.lower().split())
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out
 
 
 def paragraphs_of(text: str) -> list[str]:
@@ -101,7 +122,7 @@ def britannica_and_milton(raw: Path, rng: random.Random) -> list[Prose]:
     milton = m.group(1) if m else milton
     for origin, text in (("britannica", brit), ("areopagitica", milton)):
         sents = [s.replace("--", " -- ") for p in paragraphs_of(text) for s in sentences_of(p)]
-        sents = [" ".join(s.split()) for s in sents if prose_ok(s)]
+        sents = unique([" ".join(s.split()) for s in sents if prose_ok(s)])
         for k, chunk in enumerate(group_sentences(sents, rng, 12, 20)):
             names = [n for s in chunk for n in NAME.findall(s) if n not in ("Shakespeare", "Lords")]
             title = max(sorted(set(names)), key=names.count) if names else f"{origin.title()} {k}"
@@ -132,12 +153,12 @@ def stdlib_prose(raw: Path, rng: random.Random) -> list[Prose]:
         objs = [mod] + [o for _, o in inspect.getmembers(mod) if (inspect.isclass(o) or inspect.isfunction(o))
                         and getattr(o, "__module__", None) == name]
         sents = [s for o in objs for p in paragraphs_of(inspect.getdoc(o) or "") for s in sentences_of(p)]
-        sents = [s for s in sents if prose_ok(s)]
+        sents = unique([s for s in sents if prose_ok(s)])
         if len(sents) >= 8:
             out.append(Prose(f"{name} (Python module)", to_paragraphs(sents[:20], rng), f"docstrings:{name}"))
     for line in (raw / "pydoc_topics.jsonl").read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
-        sents = [s for p in paragraphs_of(row["text"]) for s in sentences_of(p) if prose_ok(s)]
+        sents = unique([s for p in paragraphs_of(row["text"]) for s in sentences_of(p) if prose_ok(s)])
         if len(sents) >= 8:
             out.append(Prose(f"{row['topic']} (Python)", to_paragraphs(sents[:20], rng), f"topics:{row['topic']}"))
     return out
