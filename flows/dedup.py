@@ -4,8 +4,10 @@ Decontamination first, always (even with `dedup.exact` and `dedup.near` off): tr
 that match a document of the frozen evaluation set (`data/evalset/<dataset>`, a reference that is
 never written here) are rejected as `eval_overlap`, with the evaluation set's own dedup settings
 (`evalset.dedup`). Then per pass (corpus: whole text; instructions/comparisons: by prompt, then by
-whole record): signatures per shard in parallel tasks → one global task over ids and signatures
-only → decisions. Then one task per shard splits it into kept and rejected rows.
+whole record): signatures per shard in parallel tasks → bucket tasks in parallel, one per LSH band
+range and key-hash partition (`dedup.band_ranges`, `dedup.hash_partitions`; each reads only its own
+keys) → one task over the candidates alone → decisions. Then one task per shard splits it into kept
+and rejected rows.
 
     python -m flows.dedup corpus|instructions|comparisons [--params params.yaml]
 """
@@ -23,8 +25,15 @@ from prefect.cache_policies import NO_CACHE
 
 from flows._stage import data_root, dataset_main, map_shards, publish_metrics
 from lmdata.atomic import atomic_dir
-from lmdata.decontaminate import decontamination_config, find_overlaps
-from lmdata.dedup import DedupConfig, find_duplicates, load_index, members_needed, sign_shard, with_snippets
+from lmdata.decontaminate import decontamination_config
+from lmdata.dedup import DedupConfig, members_needed, sign_shard, with_snippets
+from lmdata.dedup_global import (
+    BucketSpec,
+    bucket_specs,
+    find_duplicates_sharded,
+    find_overlaps_sharded,
+    write_buckets,
+)
 from lmdata.runner import summarise
 from lmdata.shards import list_shards, read_shard
 from lmdata.stage import StepResult, split_by_decisions
@@ -53,14 +62,26 @@ def fetch_rows(needed: dict[str, list[str]], fields: list[str]) -> pl.DataFrame:
     return pl.concat(frames) if frames else pl.DataFrame(schema={"id": pl.Utf8, **{f: pl.Utf8 for f in fields}})
 
 
+@task(name="buckets", cache_policy=NO_CACHE)
+def bucket_task(stems: list[Path], spec: BucketSpec, out: Path) -> Path:
+    write_buckets(stems, spec, out)
+    return out
+
+
+def all_buckets(stems: list[Path], cfg: DedupConfig, prefix: Path) -> list[Path]:
+    """Global phase, part 1: every bucket task of `cfg` in parallel; their output files."""
+    futures = [bucket_task.with_options(task_run_name=f"buckets-{spec.name}").submit(
+        stems, spec, prefix.with_name(f"{prefix.name}-{spec.name}.parquet")) for spec in bucket_specs(cfg)]
+    return [f.result() for f in futures]
+
+
 @task(name="cluster", cache_policy=NO_CACHE)
-def cluster_task(stems: list[Path], fields: list[str], cfg: DedupConfig, out: Path, one_split: bool = False) -> dict:
-    """Global phase: banding, union-find and keep rules over signatures; writes the decisions.
+def cluster_task(stems: list[Path], buckets: list[Path], fields: list[str], cfg: DedupConfig, out: Path,
+                 one_split: bool = False) -> dict:
+    """Global phase, part 2: candidates' pairs, union-find and keep rules; writes the decisions.
     `one_split`: every document competes alike (the evaluation set deduplicating itself)."""
-    index = load_index(stems, cfg)
-    if one_split:
-        index.docs = index.docs.with_columns(split=pl.lit("train"))
-    decisions, stats = find_duplicates(index, fields, cfg, fetch=lambda need: fetch_rows(need, fields))
+    decisions, stats, index = find_duplicates_sharded(stems, buckets, fields, cfg,
+                                                      fetch=lambda need: fetch_rows(need, fields), one_split=one_split)
     decisions.write_parquet(out)
     return with_snippets(stats, fetch_rows(members_needed(stats, index), fields), fields)
 
@@ -86,9 +107,9 @@ def explain_markdown(dataset: str, passes: list[tuple[list[str], dict]], metrics
 
 
 @task(name="eval-overlap", cache_policy=NO_CACHE)
-def overlap_task(stems: list[Path], fields: list[str], cfg: DedupConfig, out: Path) -> dict:
+def overlap_task(stems: list[Path], buckets: list[Path], fields: list[str], cfg: DedupConfig, out: Path) -> dict:
     """Global phase of decontamination: training documents that pair with an evaluation document."""
-    decisions, stats = find_overlaps(load_index(stems, cfg), fields, cfg, fetch=lambda need: fetch_rows(need, fields))
+    decisions, stats = find_overlaps_sharded(stems, buckets, fields, cfg, fetch=lambda need: fetch_rows(need, fields))
     decisions.write_parquet(out)
     return stats
 
@@ -118,7 +139,8 @@ def decontaminate(dataset: str, shards: list[Path], reference: list[Path], cfg: 
         sign_all(shards, train_stems, fields, pass_cfg, exclude, split="train")
         sign_all(reference, ref_stems, fields, pass_cfg, None, split="eval")
         out = work / f"overlap-{k}.parquet"
-        stats.append(overlap_task(train_stems + ref_stems, fields, pass_cfg, out))
+        buckets = all_buckets(train_stems + ref_stems, pass_cfg, work / f"overlap{k}-buckets")
+        stats.append(overlap_task(train_stems + ref_stems, buckets, fields, pass_cfg, out))
         files.append(out)
         exclude = merged(files, work / f"overlap-excluded-{k}.parquet")
     return exclude, stats
@@ -135,7 +157,8 @@ def run_passes(dataset: str, shards: list[Path], cfg: DedupConfig, work: Path, e
         stems = [work / f"pass{k}-{p.stem}" for p in shards]
         sign_all(shards, stems, fields, pass_cfg, exclude)
         out = work / f"decisions-{k}.parquet"
-        explained.append((fields, cluster_task(stems, fields, pass_cfg, out, one_split)))
+        buckets = all_buckets(stems, pass_cfg, work / f"pass{k}-buckets")
+        explained.append((fields, cluster_task(stems, buckets, fields, pass_cfg, out, one_split)))
         decision_files.append(out)
         exclude = merged(decision_files, work / f"excluded-{k}.parquet")
     return exclude, explained

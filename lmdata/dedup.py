@@ -3,11 +3,14 @@
 Three phases, so that no step ever holds the texts of all shards at once:
 
 1. per shard (parallel): `sign_shard` writes `<stem>.keys.parquet` (id, split, length, exact key,
-   shingle count) and `<stem>.sig.npy` (MinHash signatures) — never the texts.
+   shingle count), `<stem>.sig.npy` (MinHash signatures) and `<stem>.bands.parquet` (LSH band keys,
+   a column per band) — never the texts.
 2. globally, over those files: `load_index` (ids + LSH band keys), `candidate_pairs` (same exact key,
    or same key in any band), optionally `texts_needed` → caller fetches those rows per shard →
    `verify_pairs` (true Jaccard), then `decide`: union-find clusters, one keeper per cluster, a
    DECISIONS table (id, reason, reason_detail = kept id, reason_value) and explain-stats.
+   The stage runs phase 2 sharded (`lmdata.dedup_global`): tasks per band range and key-hash
+   partition emit buckets, then one task builds a `SignatureIndex` of the candidates alone.
 3. per shard: `lmdata.stage.split_by_decisions(df, decisions)`.
 
 Keeper rule, per cluster: evaluation documents first (they are never rejected), then the longest,
@@ -79,6 +82,11 @@ class DedupConfig:
     near: bool = True                 # MinHash LSH near-duplicates
     verify: bool = False              # drop LSH candidate pairs whose true shingle Jaccard < threshold
     top_clusters: int = 10            # largest clusters listed in the explain-stats
+    # The global phase as parallel tasks (lmdata.dedup_global): LSH bands cut into `band_ranges`
+    # contiguous ranges, and every range's keys (and the exact keys) into `hash_partitions` by key
+    # hash; a task holds one (range, partition)'s keys. Any values give the same decisions.
+    band_ranges: int = 1
+    hash_partitions: int = 1
     # dataset -> passes; each pass reads these fields (joined by "\n") and runs the whole machinery,
     # the next pass on what the previous kept ("by prompt, then by whole record").
     fields: dict[str, list[list[str]]] = field(default_factory=_default_fields)
@@ -95,6 +103,9 @@ class DedupConfig:
             d["normalize"] = NormalizeConfig(**d["normalize"])
         if "minhash" in d:
             d["minhash"] = MinHashConfig(**d["minhash"])
+        for k in ("band_ranges", "hash_partitions"):
+            if k in d and (not isinstance(d[k], int) or d[k] < 1):
+                raise ValueError(f"params.yaml dedup.{k} must be an integer >= 1, got {d[k]!r}")
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -193,17 +204,29 @@ def shard_signatures(df: pl.DataFrame, fields: Sequence[str], config: DedupConfi
     return keys, sig
 
 
+def band_column(k: int) -> str:
+    """The column of `<stem>.bands.parquet` holding LSH band `k`'s keys."""
+    return f"band_{k:02d}"
+
+
 def sign_shard(df: pl.DataFrame, fields: Sequence[str], config: DedupConfig, out: Path, shard: str) -> dict:
-    """Phase 1: write `<out>.keys.parquet` and `<out>.sig.npy` for one shard; return small stats."""
+    """Phase 1: write `<out>.keys.parquet`, `<out>.sig.npy` and `<out>.bands.parquet` (one column of
+    LSH keys per band, so a task can read one band range alone) for one shard; return small stats."""
     keys, sig = shard_signatures(df, fields, config, shard)
+    mh = config.minhash
+    bands = band_keys(sig, mh.bands, mh.rows)
     out = Path(out)
     keys_path, sig_path = out.with_name(out.name + ".keys.parquet"), out.with_name(out.name + ".sig.npy")
+    bands_path = out.with_name(out.name + ".bands.parquet")
     with atomic_file(sig_path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, sig)
     with atomic_file(keys_path) as tmp:
         keys.write_parquet(tmp, compression="zstd")
+    with atomic_file(bands_path) as tmp:
+        pl.DataFrame({band_column(k): pl.Series(bands[:, k], dtype=pl.UInt64) for k in range(mh.bands)},
+                     schema={band_column(k): pl.UInt64 for k in range(mh.bands)}).write_parquet(tmp)
     return {"docs": len(keys), "shingles": int(keys["n_shingles"].sum()), "keys": str(keys_path),
-            "signatures": str(sig_path)}
+            "signatures": str(sig_path), "bands": str(bands_path)}
 
 
 # ---- phase 2: global, over signatures only ------------------------------------------------------
