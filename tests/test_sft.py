@@ -72,3 +72,14 @@ def test_read_conversations_from_messages_or_prompt_response(tmp_path):
                   "messages": ["not json"]}).write_parquet(tmp_path / "t.parquet")
     with pytest.raises(ValueError, match=r"t.parquet:0 \(id c\): field 'messages'"):
         read_conversations(tmp_path)
+
+
+def test_conversations_read_from_jsonl_where_there_is_no_parquet(tmp_path):
+    """A bare GPU image has no pyarrow: the GPU check carries its alignment data as JSONL."""
+    rows = [{"id": "b", "split": "train", "prompt": "hi", "response": "hello", "messages": None},
+            {"id": "a", "split": "eval", "prompt": None, "response": None,
+             "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]}]
+    (tmp_path / "part-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert read_conversations(tmp_path, "train") == [[{"role": "user", "content": "hi"},
+                                                      {"role": "assistant", "content": "hello"}]]
+    assert read_conversations(tmp_path, "eval")[0][1]["content"] == "r"

@@ -36,6 +36,7 @@ class GPTConfig:
 # Named configs. `tiny` is sized so the default CPU profile pretrains in minutes; the rest are GPT-2.
 GPT_CONFIGS: dict[str, dict] = {
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0),  # < 1 epoch: no dropout
+    "smoke": dict(n_layer=2, n_head=2, n_embd=64, block_size=128, dropout=0.0),  # smoke runs and dry runs
     "shakespeare_char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2),
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
