@@ -1,5 +1,5 @@
 """The data stages on a user's own corpus: a mixed JSONL (wiki markup, HTML, short and multilingual
-texts, planted duplicates; bench/mixed_corpus.py) through ingest → clean → evalset → dedup → filter →
+texts, planted duplicates; bench/corpora_lib/corpus.py) through ingest → clean → evalset → dedup → filter →
 balance (each stage run if its flow module exists), then per source kept fractions and reasons and
 the issue-12 targets, scored from labels the pipeline never reads.
 
@@ -33,8 +33,8 @@ for _p in (ROOT / "bench", CODE):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from corpora_report import Outcomes, build_report, print_report  # noqa: E402
-from mixed_corpus import build_corpus, write_jsonl  # noqa: E402
+from corpora_lib.corpus import build_corpus, write_jsonl  # noqa: E402
+from corpora_lib.report import Outcomes, build_report, print_report  # noqa: E402
 
 STAGES = ["ingest", "clean", "evalset", "dedup", "filter", "balance"]
 RECORD_FIELDS = {"text": "text", "source": "source", "title": "title", "url": "url"}  # identity: either direction

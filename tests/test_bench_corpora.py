@@ -13,8 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from corpora_report import MARKUP, Outcomes, build_report  # noqa: E402
-from mixed_corpus import build_corpus, jaccard  # noqa: E402
+from corpora_lib.corpus import build_corpus, jaccard  # noqa: E402
+from corpora_lib.report import MARKUP, Outcomes, build_report  # noqa: E402
 
 
 @pytest.fixture(scope="module")

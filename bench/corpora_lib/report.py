@@ -10,7 +10,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import polars as pl
-from mixed_corpus import jaccard
+
+from .corpus import jaccard
 
 WANTED = ["id", "split", "source", "text", "meta", "locator", "group", "reason", "reason_detail", "reason_value"]
 PRE_DEDUP = ("ingest", "clean")
