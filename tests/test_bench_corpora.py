@@ -101,3 +101,16 @@ def test_scoring_joins_rows_back_by_line_and_reads_reasons(tmp_path, raw_sample)
     assert rows["corpora_kept_docs_without_markup"]["ours"] == pytest.approx(2 / 3, abs=1e-3)  # a2 kept its '''
     assert rows["corpora_planted_near_duplicates_found"]["ours"] is None  # no near copy planted here
     assert MARKUP["html_tag"].search("<p class='x'>") and not MARKUP["entity"].search("&c. and more")
+
+
+def test_scratch_params_point_the_pipeline_at_one_jsonl(tmp_path, raw_sample):
+    import corpora
+
+    params = corpora.scratch_params(tmp_path, tmp_path / "mixed.jsonl", raw_sample, ["dedup.near=false"])
+    (source,) = params["ingest"]["corpus"]["sources"]
+    assert source["type"] == "jsonl" and source["fields"]["source"] == "source"
+    assert params["data"]["root"] == str(tmp_path / "data") and params["dedup"]["near"] is False
+    assert params["filter"]["langid"]["model_path"] == str(raw_sample / "models" / "lid.176.ftz")
+    assert "data/raw/" not in json.dumps(params)
+    assert corpora.stage_flow("ingest").name == "ingest"
+    assert corpora.stage_flow("no_such_stage") is None
