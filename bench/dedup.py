@@ -13,8 +13,13 @@ All texts are lowercased beforehand, identically for both sides. One thread (POL
 - dedup_memory_scaling: working memory (peak RSS - RSS after imports) of the sharded three-phase run
   at 1x and 10x an input (>= 100 MB at 10x), each in a fresh subprocess: (10 x work_1x) / work_10x;
   the baseline is the same measure for an all-in-memory datasketch run.
+- the global phase's largest task (each task in a fresh subprocess, peak RSS - RSS after imports) on
+  signature files of 500k documents (100k with --quick; 20% planted exact and near copies, written
+  by `write_signatures` as `sign_shard` does): `dedup_global_largest_task_memory`, the largest task
+  of the sharded phase (14 band ranges) vs the in-memory `load_index` + `candidate_pairs` + `decide`;
+  `dedup_band_task_memory_split`, the largest bucket task with 14 band ranges vs with 1.
 
-Usage: python bench/dedup.py [--quick] [--data DIR]
+Usage: python bench/dedup.py [--quick] [--data DIR] [--global-only]
 """
 
 from __future__ import annotations
@@ -154,6 +159,8 @@ def rss_mb(field: str) -> float:
 
 def memory_child(shard_dir: str, mode: str) -> None:
     """Run one dedup over the shards in `shard_dir`; print working memory in MB as JSON."""
+    if mode.startswith("global"):
+        return global_child(Path(shard_dir), mode)
     from lmdata.dedup import find_duplicates, load_index, sign_shard
     from lmdata.stage import split_by_decisions
     shards = sorted(Path(shard_dir).glob("shard-*.parquet"))
@@ -209,15 +216,100 @@ def memory_scaling(pieces: list[str], mb_10x: float) -> tuple[float, float, dict
     return ours, theirs, detail
 
 
+# ---- the global phase: the largest task's memory as the bands are split ------------------------
+
+def synthetic_signatures(folder: Path, n_docs: int, n_shards: int = 8, seed: int = 0) -> list[Path]:
+    """Signature files of `n_docs` documents, 20% of them copies of others: half exact (same key and
+    signature), half near (10 of 112 signature values redrawn, estimated Jaccard ~0.91)."""
+    from lmdata.dedup import write_signatures
+    rng = np.random.default_rng(seed)
+    sig = rng.integers(0, 1 << 32, size=(n_docs, 112), dtype=np.uint32)
+    exact = rng.integers(0, 1 << 63, size=n_docs, dtype=np.uint64)
+    n_copy = n_docs // 5
+    src, dst = rng.integers(0, n_docs - n_copy, n_copy), np.arange(n_docs - n_copy, n_docs)
+    sig[dst] = sig[src]
+    exact[dst[:n_copy // 2]] = exact[src[:n_copy // 2]]
+    near = dst[n_copy // 2:]
+    sig[near[:, None], rng.integers(0, 112, size=(len(near), 10))] = rng.integers(0, 1 << 32, (len(near), 10),
+                                                                                   dtype=np.uint32)
+    perm = rng.permutation(n_docs)  # copies spread over every shard
+    stems = []
+    for k, rows in enumerate(np.array_split(perm, n_shards)):
+        keys = pl.DataFrame({"shard": f"shard-{k}", "id": [f"d{i:09d}" for i in rows], "split": "train",
+                             "length": rng.integers(200, 4000, len(rows)), "exact_key": exact[rows],
+                             "n_shingles": np.full(len(rows), 100)},
+                            schema={"shard": pl.Utf8, "id": pl.Utf8, "split": pl.Utf8, "length": pl.Int64,
+                                    "exact_key": pl.UInt64, "n_shingles": pl.Int64})
+        write_signatures(keys, np.ascontiguousarray(sig[rows]), DedupConfig(), folder / f"sig-{k}")
+        stems.append(folder / f"sig-{k}")
+    return stems
+
+
+def global_child(folder: Path, mode: str) -> None:
+    """One global-phase task over the signature files in `folder`; print its working memory as JSON.
+    Modes: global-inmemory, global-bucket-<band_ranges>, global-candidates."""
+    from lmdata.dedup import candidate_pairs, decide, load_index
+    from lmdata.dedup_global import bucket_specs, find_duplicates_sharded, write_buckets
+    stems = sorted({p.with_name(p.name.split(".")[0]) for p in folder.glob("sig-*.keys.parquet")})
+    base = rss_mb("VmRSS")
+    if mode == "global-inmemory":
+        index = load_index(stems, DedupConfig())
+        decisions, _ = decide(index, candidate_pairs(index, DedupConfig()), DedupConfig())
+    elif mode.startswith("global-bucket-"):
+        config = DedupConfig(band_ranges=int(mode.rsplit("-", 1)[1]))
+        spec = max((s for s in bucket_specs(config) if s.first >= 0), key=lambda s: s.stop - s.first)
+        with tempfile.TemporaryDirectory() as tmp:
+            write_buckets(stems, spec, Path(tmp) / "buckets.parquet")
+    else:
+        decisions, _, _ = find_duplicates_sharded(stems, sorted(folder.glob("buckets-*.parquet")), ["text"],
+                                                  DedupConfig())
+    print(json.dumps({"work_mb": rss_mb("VmHWM") - base}))
+
+
+def global_task_memory(n_docs: int) -> tuple[list[dict], dict]:
+    from lmdata.dedup_global import bucket_specs, write_buckets
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        stems = synthetic_signatures(folder, n_docs)
+        for spec in bucket_specs(DedupConfig(band_ranges=14)):
+            write_buckets(stems, spec, folder / f"buckets-{spec.name}.parquet")
+        work = {mode: working_memory(folder, mode) for mode in
+                ("global-inmemory", "global-candidates", *(f"global-bucket-{r}" for r in (1, 2, 7, 14)))}
+    largest = max(work["global-candidates"], work["global-bucket-14"])
+    detail = {"documents": n_docs, **{k.removeprefix("global-") + "_mb": round(v, 1) for k, v in work.items()}}
+    print(f"global phase working memory (MB): {detail}")
+
+    def row(measure: str, ours: float, baseline: str, baseline_value: float) -> dict:
+        return {"measure": measure, "ours": round(ours, 1), "baseline": baseline,
+                "baseline_value": round(baseline_value, 1), "unit": "MB working memory (lower is better)",
+                "ratio": round(baseline_value / ours, 3)}
+    return [row("dedup_global_largest_task_memory", largest, "in-memory global phase (load_index + "
+                "candidate_pairs + decide) on the same signature files", work["global-inmemory"]),
+            row("dedup_band_task_memory_split", work["global-bucket-14"], "the bucket task holding all 14 bands "
+                "(band_ranges 1)", work["global-bucket-1"])], detail
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer documents and a 10 MB memory test")
     ap.add_argument("--data", help="a folder of .txt files to use instead of the sample")
+    ap.add_argument("--global-only", action="store_true",
+                    help="only the global-phase memory rows, merged into an existing bench/results/dedup.json")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="ours", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
         return memory_child(args.memory_child, args.mode)
+    path = ROOT / "bench" / "results" / "dedup.json"
+    global_rows, global_detail = global_task_memory(100_000 if args.quick else 500_000)
+    if args.global_only:
+        out = json.loads(path.read_text()) if path.exists() else {"benchmark": "dedup", "rows": []}
+        names = {r["measure"] for r in global_rows}
+        out["rows"] = [r for r in out["rows"] if r["measure"] not in names] + global_rows
+        out["global_phase"] = global_detail
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
+        return
 
     pieces = load_pieces(sample_root(args.data))
     n_docs = 10_000 if args.quick else 20_000
@@ -273,10 +365,10 @@ def main() -> None:
             "union-find", e2e_ds, "documents/s per core"),
         row("dedup_memory_scaling", mem_ours, "all-in-memory datasketch pipeline, same measure", mem_ds,
             "(10 x work_1x) / work_10x"),
+        *global_rows,
     ]
     out = {"benchmark": "dedup", "quick": args.quick, "documents": n_docs, "mean_doc_kb": round(kb, 2),
-           "memory": mem_detail, "rows": rows}
-    path = ROOT / "bench" / "results" / "dedup.json"
+           "memory": mem_detail, "global_phase": global_detail, "rows": rows}
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     for r in rows:

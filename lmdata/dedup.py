@@ -212,7 +212,11 @@ def band_column(k: int) -> str:
 def sign_shard(df: pl.DataFrame, fields: Sequence[str], config: DedupConfig, out: Path, shard: str) -> dict:
     """Phase 1: write `<out>.keys.parquet`, `<out>.sig.npy` and `<out>.bands.parquet` (one column of
     LSH keys per band, so a task can read one band range alone) for one shard; return small stats."""
-    keys, sig = shard_signatures(df, fields, config, shard)
+    return write_signatures(*shard_signatures(df, fields, config, shard), config, out)
+
+
+def write_signatures(keys: pl.DataFrame, sig: np.ndarray, config: DedupConfig, out: Path) -> dict:
+    """The files of `sign_shard` for a shard's keys and signatures."""
     mh = config.minhash
     bands = band_keys(sig, mh.bands, mh.rows)
     out = Path(out)

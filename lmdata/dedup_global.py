@@ -19,6 +19,7 @@ A global row is the document's position in the stems' order (shard offsets + row
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,34 +134,83 @@ def _candidate_docs(stems: Sequence[Path], rows: np.ndarray, offsets: np.ndarray
     return pl.concat(frames) if frames else pl.DataFrame(schema=INDEX_SCHEMA)
 
 
+def candidate_signatures(stems: Sequence[Path], docs: pl.DataFrame) -> np.ndarray:
+    """The signature rows of `docs` (part, part_row), read row by row: a memory map touched at
+    scattered rows would bring nearly every page of every signature file into memory."""
+    parts, local = docs["part"].to_numpy(), docs["part_row"].to_numpy()
+    out = None
+    for p, stem in enumerate(map(Path, stems)):
+        sel = np.flatnonzero(parts == p)
+        path = _file(stem, ".sig.npy")
+        mapped = np.load(path, mmap_mode="r")  # for its shape, dtype and data offset; no page is read
+        dtype, start, width = mapped.dtype, mapped.offset, mapped.shape[1] * mapped.dtype.itemsize
+        if out is None:
+            out = np.empty((len(docs), mapped.shape[1]), dtype=dtype)
+        del mapped
+        with open(path, "rb") as fh:
+            for i in sel:
+                out[i] = np.frombuffer(os.pread(fh.fileno(), width, start + int(local[i]) * width), dtype=dtype)
+    return out if out is not None else np.empty((0, 0), np.uint32)
+
+
+def _unique_pairs(a: np.ndarray, b: np.ndarray, exact: np.ndarray, m: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each (a, b) once, exact when any of its copies is (as `candidate_pairs` keeps them)."""
+    code = a * np.int64(m) + b
+    order = np.lexsort((~exact, code))
+    first = np.ones(len(code), dtype=bool)
+    first[1:] = code[order][1:] != code[order][:-1]
+    keep = order[first]
+    return a[keep], b[keep], exact[keep]
+
+
+def _star_pairs(band: np.ndarray, key: np.ndarray, local: np.ndarray, rank: np.ndarray, m: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each bucket's members linked to its smallest-id member (as `dedup._star_edges`): (a < b, is_exact)."""
+    order = np.lexsort((rank[local], key, band))
+    band, key, local = band[order], key[order], local[order]
+    new = np.ones(len(key), dtype=bool)
+    new[1:] = (key[1:] != key[:-1]) | (band[1:] != band[:-1])
+    center = local[np.flatnonzero(new)[np.cumsum(new) - 1]]
+    linked = ~new
+    a, b = np.minimum(center, local)[linked], np.maximum(center, local)[linked]
+    return _unique_pairs(a, b, band[linked] == EXACT, m)
+
+
 def candidate_index(stems: Sequence[Path], bucket_files: Sequence[Path], one_split: bool = False
                     ) -> tuple[SignatureIndex, pl.DataFrame]:
-    """The candidates task: a `SignatureIndex` of the documents in any bucket (signatures memory-
-    mapped), and the candidate pairs numbered into it, equal to `candidate_pairs` on the full index.
-    `one_split`: every document is treated as `train` (the evaluation set deduplicating itself)."""
+    """The candidates task: a `SignatureIndex` of the documents in any bucket (their keys-file
+    columns and signature rows only), and the candidate pairs numbered into it, equal to
+    `candidate_pairs` on the full index. `one_split`: every document is treated as `train` (the
+    evaluation set deduplicating itself)."""
     stems = [Path(s) for s in stems]
     offsets = np.concatenate([[0], np.cumsum(shard_sizes(stems))])
-    members = pl.concat([pl.read_parquet(f) for f in bucket_files]) if bucket_files else pl.DataFrame(
-        schema=BUCKET_SCHEMA)
-    rows = np.unique(members["row"].to_numpy())
+    rows = np.unique(np.concatenate([np.empty(0, np.int64)] + [  # pass 1: which rows are candidates
+        np.unique(pl.read_parquet(f, columns=["row"])["row"].to_numpy()) for f in bucket_files]))
     docs = _candidate_docs(stems, rows, offsets)
     if one_split:
         docs = docs.with_columns(split=pl.lit("train"))
     if docs["id"].is_duplicated().any():  # among candidates: an id hashes its text, so a repeat is an exact pair
         dup = docs.filter(pl.col("id").is_duplicated()).sort("id").head(4).select("shard", "id").rows()
         raise ValueError(f"document ids are not unique across shards, e.g. (shard, id) {dup}")
-    sigs = [np.load(_file(s, ".sig.npy"), mmap_mode="r") for s in stems]
-    index = SignatureIndex(docs, np.empty((len(docs), 0), np.uint64), sigs)
-    local = pl.DataFrame({"row": rows, "local": np.arange(len(rows), dtype=np.int64), "id": docs["id"]})
-    linked = (members.join(local, on="row").sort("band", "key", "id")
-              .with_columns(center=pl.col("local").first().over("band", "key"))
-              .filter(pl.col("local") != pl.col("center")))
-    linked = linked.select(kind=pl.when(pl.col("band") == EXACT).then(pl.lit("exact")).otherwise(pl.lit("lsh")),
-                           a=pl.min_horizontal("local", "center"), b=pl.max_horizontal("local", "center"))
-    # An exact pair is also an LSH pair; keep it once, as exact (as `candidate_pairs` does).
-    pairs = (linked.sort("a", "b", pl.col("kind") != "exact").unique(subset=["a", "b"], keep="first")
-             .sort("a", "b").select("a", "b", "kind"))
+    sig = candidate_signatures(stems, docs)
+    docs = docs.with_columns(part=pl.lit(0, pl.Int32), part_row=pl.int_range(len(docs), dtype=pl.Int64))
+    index = SignatureIndex(docs, np.empty((len(docs), 0), np.uint64), [sig])
+    rank = np.empty(len(docs), dtype=np.int64)
+    rank[np.argsort(docs["id"].to_numpy(), kind="stable")] = np.arange(len(docs))
+    found = []  # pass 2, a bucket file at a time: a bucket never spans two files
+    for f in bucket_files:
+        members = pl.read_parquet(f)
+        found.append(_star_pairs(members["band"].to_numpy(), members["key"].to_numpy(),
+                                 np.searchsorted(rows, members["row"].to_numpy()), rank, len(docs)))
+        del members
+    a, b, exact = _unique_pairs(*(np.concatenate([np.empty(0, t)] + [x[i] for x in found])
+                                  for i, t in enumerate((np.int64, np.int64, bool))), len(docs))
+    order = np.lexsort((b, a))
+    a, b = a[order], b[order]
     ids, shards = docs["id"], docs["shard"]
+    pairs = pl.DataFrame({"a": a, "b": b, "kind": np.where(exact[order], "exact", "lsh")},
+                         schema={"a": pl.Int64, "b": pl.Int64, "kind": pl.Utf8})
     pairs = pairs.with_columns(id_a=ids.gather(pairs["a"]), id_b=ids.gather(pairs["b"]),
                                shard_a=shards.gather(pairs["a"]), shard_b=shards.gather(pairs["b"]))
     return index, pairs
