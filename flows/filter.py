@@ -45,6 +45,7 @@ from lmdata.filters.quality import (
     score_histogram,
     score_texts,
     train_quality_classifier,
+    training_pool,
 )
 from lmdata.runner import summarise
 from lmdata.shards import REJECTED_DIR, list_shards
@@ -110,10 +111,8 @@ def rules_step(df: pl.DataFrame, dataset: str, langid: LangIdConfig, heur: Heuri
 @task(name="train-quality-classifier", cache_policy=NO_CACHE)
 def train_classifier(shards: list[Path], cfg: QualityConfig, model_path: Path) -> dict:
     """Train, or report why not: `trained: false` with `skipped_reason` (skip) or `failed` (fail)."""
-    cols = ["id", "source", "group", "split", "text"]
-    pool = pl.concat([pl.read_parquet(s, columns=cols) for s in shards])
     try:
-        return train_quality_classifier(pool, cfg, model_path)
+        return train_quality_classifier(training_pool(shards, cfg), cfg, model_path)
     except InsufficientQualityData as e:  # returned, not raised: the flow fails without a traceback
         return {"trained": False, "failed": str(e)}
 

@@ -48,6 +48,7 @@ class QualityConfig:
     min_chunk_words: int = 8  # shorter chunks are dropped (degenerate text makes fastText NaN)
     holdout_fraction: float = 0.2  # share of groups held out for precision/recall
     max_chunks_per_class: int = 20_000  # cap per class, chosen by hash (also balances the classes)
+    max_train_docs: int = 100_000  # documents per class read to train, whole groups by hash (`training_pool`)
     epoch: int = 10
     lr: float = 0.2
     dim: int = 32
@@ -67,7 +68,8 @@ class QualityConfig:
         for name in ("top_fraction", "threshold", "holdout_fraction", "min_holdout_accuracy"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"filter.quality.{name}: expected 0..1, got {getattr(self, name)}")
-        for name in ("chunk_words", "min_chunk_words", "max_chunks_per_class", "epoch", "dim", "bucket"):
+        for name in ("chunk_words", "min_chunk_words", "max_chunks_per_class", "max_train_docs", "epoch", "dim",
+                     "bucket"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"filter.quality.{name}: must be >= 1, got {getattr(self, name)}")
 
@@ -136,6 +138,26 @@ def all_chunks(df: pl.DataFrame, cfg: QualityConfig) -> pl.DataFrame:
             rows.append((r[1], label, held, _unit_hash(f"{r[0]}:{k}", cfg.seed), chunk))
     return pl.DataFrame(rows, schema={"source": pl.Utf8, "label": pl.Utf8, "holdout": pl.Boolean,
                                       "order": pl.Float64, "chunk": pl.Utf8}, orient="row")
+
+
+POOL_COLUMNS = ["id", "source", "group", "split", "text"]
+
+
+def training_pool(shards: list[Path], cfg: QualityConfig) -> pl.DataFrame:
+    """The train-split rows the classifier learns from, read shard by shard: per class (positive
+    source or not), whole groups in hash order up to `max_train_docs` documents (at least one
+    group), so the stage never holds the whole corpus's text. Under the cap: every train row."""
+    meta = pl.concat([pl.read_parquet(s, columns=["id", "source", "group", "split"]) for s in shards])
+    meta = meta.filter(pl.col("split") == "train").with_columns(
+        positive=pl.col("source") == cfg.positive_source)
+    sizes = meta.group_by("positive", "group").len()
+    sizes = sizes.with_columns(order=pl.col("group").map_elements(lambda g: _unit_hash(g, cfg.seed),
+                                                                   return_dtype=pl.Float64))
+    sizes = sizes.sort("positive", "order", "group").with_columns(total=pl.col("len").cum_sum().over("positive"))
+    chosen = sizes.filter((pl.col("total") <= cfg.max_train_docs) | (pl.col("total") == pl.col("len")))
+    ids = meta.join(chosen.select("positive", "group"), on=["positive", "group"], how="semi")["id"]
+    frames = [pl.read_parquet(s, columns=POOL_COLUMNS).filter(pl.col("id").is_in(ids)) for s in shards]
+    return pl.concat(frames) if frames else pl.DataFrame(schema={c: pl.Utf8 for c in POOL_COLUMNS})
 
 
 def cap_classes(ex: pl.DataFrame, cfg: QualityConfig) -> pl.DataFrame:
