@@ -69,3 +69,14 @@ def test_imported_folder_with_tokenizer_can_be_sampled(tmp_path):
     ids = tokenizer.encode("hello there")
     out = generate(model, torch.tensor([ids]), 5, generator=torch.Generator().manual_seed(0))
     assert isinstance(tokenizer.decode(out[0].tolist()), str)
+
+
+def test_padded_vocabulary_exports_only_real_tokens(tmp_path):
+    torch.manual_seed(2)
+    ours = GPT(GPTConfig(block_size=32, vocab_size=300, n_layer=1, n_head=2, n_embd=16, vocab_multiple=64)).eval()
+    assert ours.transformer.wte.weight.shape[0] == 320
+    export_hf(ours, tmp_path)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    x = torch.randint(300, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, ours(x)[0], atol=1e-5, rtol=1e-5)
