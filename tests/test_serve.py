@@ -7,6 +7,7 @@ batching (greedy output under load equals output alone), the caps and the error 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -51,10 +52,9 @@ def bundle(tmp_path_factory):
     return root / "ckpt"
 
 
-@pytest.fixture(scope="module")
-def server(bundle):
-    """(base_url, app) of a server with a cap of 4 running + 8 waiting requests."""
-    app = build_app(bundle, model_name=MODEL, max_batch_size=4, max_waiting=8)
+@contextlib.contextmanager
+def serving(app):
+    """Run `app` with uvicorn in a thread on a free loopback port; yields its base URL."""
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -63,9 +63,19 @@ def server(bundle):
     while not srv.started:
         assert time.monotonic() < deadline, "server did not start in 30 s"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", app
-    srv.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(bundle):
+    """(base_url, app) of a server with a cap of 4 running + 8 waiting requests."""
+    app = build_app(bundle, model_name=MODEL, max_batch_size=4, max_waiting=8)
+    with serving(app) as url:
+        yield url, app
 
 
 @pytest.fixture()

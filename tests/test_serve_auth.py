@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-import time
 
 import httpx
 import pytest
@@ -15,7 +13,7 @@ openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
 from lmtrain.inference.serve import build_app, is_loopback  # noqa: E402
-from tests.test_serve import bundle, free_port  # noqa: E402,F401  (the tiny GPT + BPE checkpoint)
+from tests.test_serve import bundle, serving  # noqa: E402,F401  (the tiny GPT + BPE checkpoint)
 
 KEY = "sk-test-0123456789"
 
@@ -23,17 +21,8 @@ KEY = "sk-test-0123456789"
 @pytest.fixture(scope="module")
 def keyed(bundle):  # noqa: F811
     app = build_app(bundle, model_name="tiny-test", max_batch_size=2, max_waiting=2, api_key=KEY)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start in 30 s"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with serving(app) as url:
+        yield url
 
 
 def openai_error(r: httpx.Response) -> dict:
