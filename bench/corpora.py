@@ -3,7 +3,8 @@ texts, planted duplicates; bench/corpora_lib/corpus.py) through ingest → clean
 balance (each stage run if its flow module exists), then per source kept fractions and reasons and
 the issue-12 targets, scored from labels the pipeline never reads.
 
-    python bench/corpora.py [--quick] [--seed 0] [--set filter.quality.enabled=false ...] [--keep]
+    python bench/corpora.py [--quick] [--seed 0] [--profile profiles/short_text.yaml]
+                            [--set filter.quality.enabled=false ...] [--compare earlier.json] [--keep]
 
 Writes bench/results/corpora.json (rows: measure / ours / baseline = the target / ratio = ours ÷
 target, > 1 is better) with the per-source table and the failing documents' ids. The scratch
@@ -71,9 +72,18 @@ def sample_paths(node, raw: Path):
     return node
 
 
-def scratch_params(work: Path, corpus: Path, raw: Path, overrides: list[str]) -> dict:
-    """The project's params.yaml with the one JSONL source, data and models inside `work`."""
+def merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        base[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return base
+
+
+def scratch_params(work: Path, corpus: Path, raw: Path, overrides: list[str], profile: str | None = None) -> dict:
+    """The project's params.yaml (a profile merged over it) with the one JSONL source, data and
+    models inside `work`."""
     params = yaml.safe_load((CODE / "params.yaml").read_text())
+    if profile:
+        params = merge(params, yaml.safe_load(Path(profile).read_text()) or {})
     params["data"]["root"] = str(work / "data")
     params["runner"] = {"kind": "threads", "workers": 1}
     params["ingest"]["corpus"] = {"sources": [
@@ -161,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a params.yaml setting for the run (YAML value)")
+    ap.add_argument("--profile", metavar="YAML", help="a params profile merged over params.yaml "
+                    "(e.g. profiles/short_text.yaml)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch workspace")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "corpora.json"))
     ap.add_argument("--compare", metavar="JSON", help="an earlier result (e.g. the code before issue 12) to show "
@@ -181,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     corpus = write_jsonl(records, work / "corpus" / "mixed.jsonl")
     print(f"corpus: {len(records)} records, {corpus.stat().st_size / 1e6:.2f} MB at {corpus} "
           f"({time.perf_counter() - t0:.1f} s)")
-    params = scratch_params(work, corpus, raw, args.set)
+    params = scratch_params(work, corpus, raw, args.set, args.profile)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     outcomes = Outcomes(records, corpus.name)
     cwd = os.getcwd()
@@ -194,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
         report = build_report(outcomes, params, log)
     finally:
         os.chdir(cwd)
-    report.update({"code": str(CODE), "quick": args.quick, "seed": args.seed, "overrides": args.set, "records": len(records),
+    report.update({"code": str(CODE), "quick": args.quick, "seed": args.seed, "profile": args.profile,
+                   "overrides": args.set, "records": len(records),
                    "corpus_mb": round(corpus.stat().st_size / 1e6, 3), "seconds": round(time.perf_counter() - t0, 1)})
     if args.compare:
         earlier = json.loads(Path(args.compare).read_text())
