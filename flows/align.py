@@ -26,6 +26,7 @@ from lmtrain.align.reward import RewardConfig, train_judge, train_reward
 from lmtrain.align.sft import SFTConfig, train_sft
 from lmtrain.config import ConfigError as TrainConfigError
 from lmtrain.config import build_config
+from lmtrain.progress import rounded
 
 INSTRUCTIONS = Path("data/balance/instructions")
 COMPARISONS = Path("data/balance/comparisons")
@@ -108,7 +109,7 @@ def ppo(params: dict) -> dict:
         (plots / "log.csv").write_text(log.read_text())
     if m.get("stopped"):
         print(f"ppo stopped early: {m['stopped']} (the last good checkpoint was kept)")
-    print(f"ppo: score {m.get('last_score')}, KL {m.get('last_kl')}")
+    print(f"ppo: score {rounded(m.get('last_score'))}, KL {rounded(m.get('last_kl'))}")
     return m
 
 
@@ -118,7 +119,7 @@ def dpo(params: dict) -> dict:
     m = train_dpo(cfg, OUT / "sft/checkpoint", COMPARISONS, EVAL_COMPARISONS, OUT / "dpo",
                   on_progress=progress("dpo-progress", None))
     write_json("metrics/dpo.json", scalars(m))
-    print(f"dpo: held-out loss {m.get('eval_loss')}")
+    print(f"dpo: held-out loss {rounded(m.get('eval_loss'))}")
     return m
 
 
