@@ -93,3 +93,17 @@ def test_gpu_profile_resolves_and_every_stage_config_builds():
     for section, cls in SECTIONS.items():
         cfg = build_config(cls, p[section], section)
         assert cfg.dtype == "bfloat16", section
+
+
+def test_every_ablation_run_builds_its_pretrain_config():
+    """The ablation grid pins a dict model config (a smaller model for CPU grids); the typed loader
+    must accept it, as the model registry does."""
+    from lmdata.ablation import AblationSpec, apply_overrides
+
+    spec = AblationSpec.load(ROOT / "ablations.yaml")
+    assert isinstance(spec.compute.config, dict)
+    for variant in spec.variants:
+        p = apply_overrides(params(), {**spec.fixed, **variant.overrides, **spec.compute.overrides()})
+        configs = pretrain_configs(p, TrainConfig, ("bigram", "mlp", "gpt"))
+        assert set(configs) == {spec.compute.model}, variant.name
+        assert configs[spec.compute.model].config == spec.compute.config

@@ -43,7 +43,7 @@ class TrainConfig(OptimConfig):
     """One params.yaml section per model; every field has the default shown (shared ones: OptimConfig)."""
 
     model: str = "gpt"  # bigram | mlp | gpt
-    config: str = "tiny"  # named config of that kind: tiny, shakespeare_char, gpt2, gpt2-medium, ...
+    config: str | dict = "tiny"  # a named config of that kind (tiny, shakespeare_char, gpt2, ...) or a dict of its fields
     dropout: float = -1.0  # overrides the config's dropout (gpt, mlp) when >= 0
     vocab_multiple: int = 1  # GPT embedding rows padded to a multiple of this (64 on GPUs); 1 = the vocabulary
     seed: int = 1337  # seeds the data windows and dropout (rank r uses seed + r for dropout)
