@@ -3,6 +3,7 @@ artifacts. Logic lives in `lmdata` / `lmtrain`; this module only wires it into P
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,8 @@ from lmdata.errors import ConfigError
 from lmdata.runner import reason_table, run_step_on_shard, summarise
 from lmdata.shards import list_shards
 
-RUNNER_KINDS = ("threads", "processes", "dask")
+RUNNER_KINDS = ("threads", "processes", "dask", "ray")
+NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/run")  # storage each machine has its own of
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -37,9 +39,38 @@ def data_root(params: dict) -> Path:
     return Path(params.get("data", {}).get("root", "data"))
 
 
+def check_shared_root(root: Path, address: str) -> None:
+    """With a Ray cluster, every task opens the data root on whatever machine runs it: the root must be
+    a path every worker sees the same (a shared filesystem: NFS, Lustre, a mounted bucket). A relative
+    path resolves against each worker's own directory, and /tmp is each machine's own."""
+    where = f"runner.ray_address {address!r}: data.root {str(root)!r}"
+    if not root.is_absolute():
+        raise ConfigError(f"{where} is relative; Ray workers on other machines resolve it against their own "
+                          "working directory. Set data.root to an absolute path on storage every worker mounts")
+    resolved = str(root.resolve())
+    for local in NODE_LOCAL:
+        if resolved == local or resolved.startswith(local + "/"):
+            raise ConfigError(f"{where} is under {local}, which each machine has its own of; put it on "
+                              "storage every worker mounts")
+
+
+def ray_runner(cfg: dict, root: Path):
+    """prefect-ray: `runner.ray_address` (a cluster; the data root must be shared), or a local Ray of
+    `runner.workers` CPUs bound to 127.0.0.1, without dashboard or usage statistics."""
+    from prefect_ray import RayTaskRunner
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # read by ray.init and inherited by its workers
+    if cfg.get("ray_address"):
+        check_shared_root(root, cfg["ray_address"])
+        return RayTaskRunner(address=cfg["ray_address"])
+    return RayTaskRunner(init_kwargs={"num_cpus": int(cfg.get("workers", 2)), "include_dashboard": False,
+                                      "_node_ip_address": "127.0.0.1", "log_to_driver": False})
+
+
 def task_runner(params: dict):
-    """The task runner named by `runner.kind`: threads, processes, or a Dask cluster
-    (`runner.dask_address`, or a local cluster of `runner.workers` processes on loopback)."""
+    """The task runner named by `runner.kind`: threads, processes, a Dask cluster
+    (`runner.dask_address`, or a local cluster of `runner.workers` processes on loopback) or Ray
+    (`ray_runner`)."""
     cfg = params.get("runner", {}) or {}
     kind, workers = cfg.get("kind", "threads"), int(cfg.get("workers", 2))
     if kind == "threads":
@@ -53,6 +84,8 @@ def task_runner(params: dict):
             return DaskTaskRunner(address=cfg["dask_address"])
         return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
                                               "host": "127.0.0.1", "dashboard_address": None})
+    if kind == "ray":
+        return ray_runner(cfg, data_root(params))
     raise ConfigError(f"runner.kind must be one of {RUNNER_KINDS}, got {kind!r}")
 
 
