@@ -36,6 +36,7 @@ from flows._server import (
     start_server,
     ui_url,
 )
+from flows._smoke import smoke_main
 
 
 def _venv_env() -> dict:
@@ -71,9 +72,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     if args.profile and not Path(args.profile).is_file():
         raise UsageError(f"--profile {args.profile}: no such file; profiles live in profiles/ (e.g. profiles/gpu.yaml)")
+    if args.smoke and (not args.profile or args.stages or args.force):
+        raise UsageError("--smoke runs a whole profile's DAG: give --profile FILE and no stages or --force")
     with shared_server(log_path=log, keep=args.keep_server) as url:
         print(f"lmforge: Prefect UI at {ui_url(url)} (API {url})", flush=True)
-        if args.profile:
+        if args.smoke:
+            rc = smoke_main(args.profile, keep=args.keep, raw=args.raw)
+        elif args.profile:
             sets = [a for kv in profile_overrides(args.profile) for a in ("-S", kv)]
             rc = dvc("exp", "run", *sets, *args.stages, check=False).returncode
         else:
@@ -197,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-server", action="store_true", default=os.environ.get("LMFORGE_KEEP_SERVER") == "1",
                    help="leave the Prefect server this run starts up afterwards, so its UI links keep working "
                         "(also LMFORGE_KEEP_SERVER=1)")
+    p.add_argument("--smoke", action="store_true", help="the profile's DAG on CPU at a shrunk size in a scratch "
+                   "copy (minutes; never touches this workspace's outputs or dvc.lock)")
+    p.add_argument("--keep", action="store_true", help="with --smoke: keep the scratch copy after a pass")
+    p.add_argument("--raw", help="with --smoke: the raw data folder to cap (default: this workspace's data/raw)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("ui", help="start the Prefect server and UI on 127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
