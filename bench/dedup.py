@@ -11,6 +11,7 @@ All texts are lowercased beforehand, identically for both sides. One thread (POL
 - end-to-end documents/s per core: `dedup_frame` (normalise, exact keys, shingles, signatures, LSH,
   clustering, decisions) vs datasketch bulk+xxhash, `MinHashLSH` insert + query and a union-find.
 - dedup_memory_scaling: working memory (peak RSS - RSS after imports) of the sharded three-phase run
+  (the stage's: bucket tasks, then the candidates task, run one after another in one process)
   at 1x and 10x an input (>= 100 MB at 10x), each in a fresh subprocess: (10 x work_1x) / work_10x;
   the baseline is the same measure for an all-in-memory datasketch run.
 - the global phase's largest task (each task in a fresh subprocess, peak RSS - RSS after imports) on
@@ -161,18 +162,22 @@ def memory_child(shard_dir: str, mode: str) -> None:
     """Run one dedup over the shards in `shard_dir`; print working memory in MB as JSON."""
     if mode.startswith("global"):
         return global_child(Path(shard_dir), mode)
-    from lmdata.dedup import find_duplicates, load_index, sign_shard
+    from lmdata.dedup import sign_shard
+    from lmdata.dedup_global import bucket_specs, find_duplicates_sharded, write_buckets
     from lmdata.stage import split_by_decisions
     shards = sorted(Path(shard_dir).glob("shard-*.parquet"))
     base = rss_mb("VmRSS")
-    config = DedupConfig()
+    config = DedupConfig(band_ranges=2, hash_partitions=2)  # params.yaml's; the tasks run one after another
     with tempfile.TemporaryDirectory() as tmp:
         if mode == "ours":
             stems = []
             for i, shard in enumerate(shards):
                 sign_shard(pl.read_parquet(shard), ["text"], config, Path(tmp) / f"sig-{i}", str(shard))
                 stems.append(Path(tmp) / f"sig-{i}")
-            decisions, _ = find_duplicates(load_index(stems, config), ["text"], config)
+            buckets = [Path(tmp) / f"buckets-{spec.name}.parquet" for spec in bucket_specs(config)]
+            for spec, path in zip(bucket_specs(config), buckets):
+                write_buckets(stems, spec, path)
+            decisions, _, _ = find_duplicates_sharded(stems, buckets, ["text"], config)
             for i, shard in enumerate(shards):
                 result = split_by_decisions(pl.read_parquet(shard), decisions)
                 result.kept.write_parquet(Path(tmp) / f"kept-{i}.parquet")
