@@ -190,7 +190,7 @@ def build_report(o: Outcomes, params: dict, log: list[dict]) -> dict:
     share("corpora_non_english_rejected", foreign, lambda i: i not in train_kept and i not in eval_set,
           lambda i: {**brief(i), "lang": recs[i]["plant_lang"], "text": recs[i]["text"][:80]})
 
-    dedup_input = next((o.kept[s] for s in ("clean", "ingest") if s in o.kept), {})
+    dedup_input = {**o.kept.get("evalset", {}), **next((o.kept[s] for s in ("clean", "ingest") if s in o.kept), {})}
 
     def reached(i: int) -> bool:  # not dropped by ingest or clean (nor by the evalset's own clean)
         rej = o.rejected.get(i, {})
