@@ -10,14 +10,15 @@ PPO) and `judge` (another seed; used only to grade policies in `align_eval`).
 from __future__ import annotations
 
 import argparse
-import json
+import time
 from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact
 
-from flows._stage import load_params
-from lmdata.atomic import write_json
+from flows._artifacts import publish_image
+from flows._stage import load_params, md_table
+from flows._training import render_ppo_png, ui_progress, write_train_metrics
 from lmdata.errors import ConfigError
 from lmtrain.align.dpo import DPOConfig, train_dpo
 from lmtrain.align.evaluate import AlignEvalConfig, evaluate_alignment
@@ -43,18 +44,6 @@ def config(cls, params: dict, section: str):
         raise ConfigError(str(e)) from e
 
 
-def progress(key: str, total: int | None):
-    """An on_progress callback that moves a Prefect progress artifact."""
-    artifact = create_progress_artifact(progress=0.0, key=key, description=key)
-
-    def update(p: dict) -> None:
-        step, n = p.get("step"), p.get("max_steps") or total
-        if step is not None and n:
-            update_progress_artifact(artifact, progress=min(100.0, 100.0 * step / n))
-
-    return update
-
-
 def scalars(m: dict) -> dict:
     """The JSON-friendly scalar metrics (lists such as samples go to artifacts instead)."""
     return {k: v for k, v in m.items() if isinstance(v, int | float | str | bool) or v is None}
@@ -64,12 +53,14 @@ def scalars(m: dict) -> dict:
 def sft(params: dict) -> dict:
     cfg = config(SFTConfig, params, "sft")
     m = train_sft(cfg, OUT / "pretrain/gpt/checkpoint", INSTRUCTIONS, EVAL_INSTRUCTIONS, OUT / "sft",
-                  on_progress=progress("sft-progress", None))
-    write_json("metrics/sft.json", scalars(m))
+                  on_progress=ui_progress("sft-progress", f"SFT: {cfg.epochs} epochs over the instructions"))
+    write_train_metrics("sft", scalars(m))
     samples = OUT / "sft" / "samples.md"
     if samples.exists():
-        create_markdown_artifact(key="sft-samples", markdown=samples.read_text())
-    print(f"sft: held-out loss {m['eval_loss_before']:.3f} -> {m['eval_loss']:.3f}")
+        create_markdown_artifact(key="sft-samples", markdown=samples.read_text(),
+                                 description=f"SFT: answers to held-out prompts beside the reference "
+                                             f"(held-out loss {m['eval_loss_before']:.3f} -> {m['eval_loss']:.3f})")
+    print(f"sft: held-out loss {m['eval_loss_before']:.3f} -> {m['eval_loss']:.3f} in {m['seconds']:.0f} s")
     return m
 
 
@@ -77,22 +68,24 @@ def sft(params: dict) -> dict:
 def reward(params: dict) -> dict:
     cfg = config(RewardConfig, params, "reward")
     rm = train_reward(cfg, OUT / "sft/checkpoint", COMPARISONS, EVAL_COMPARISONS, OUT / "reward",
-                      on_progress=progress("reward-progress", None))
+                      on_progress=ui_progress("reward-progress", f"reward model: {cfg.epochs} epochs over the comparisons"))
     judge = train_judge(cfg, OUT / "sft/checkpoint", COMPARISONS, EVAL_COMPARISONS, OUT / "judge",
-                        on_progress=progress("judge-progress", None))
+                        on_progress=ui_progress("judge-progress", "judge: the second reward model (other half, seed)"))
     by_source = ("accuracy_by_source", "pairs_by_source")
     metrics = {**scalars(rm), **{k: rm.get(k) for k in by_source}, "calibration": rm.get("calibration"),
                "judge": {**scalars(judge), **{k: judge.get(k) for k in by_source}}}
-    write_json("metrics/reward.json", metrics)
-    rows = ["| | accuracy | length-matched accuracy | mean margin |", "|---|---:|---:|---:|"]
-    for name, m in (("reward", rm), ("judge", judge)):
-        rows.append(f"| {name} | {m['accuracy']:.3f} | {m.get('length_matched_accuracy')} | "
-                    f"{m.get('mean_margin', 0):.3f} |")
-    for name, m in (("reward", rm), ("judge", judge)):
-        for source, acc in (m.get("accuracy_by_source") or {}).items():
-            rows.append(f"| {name}: {source} ({m['pairs_by_source'][source]} pairs) | {acc:.3f} | | |")
-    create_markdown_artifact(key="reward-report", markdown="\n".join(["# reward models (held-out pairs)", "", *rows]))
-    print(f"reward: accuracy {rm['accuracy']:.3f}, judge {judge['accuracy']:.3f}")
+    write_train_metrics("reward", metrics)
+    rows = [{"model": name, "pairs": "all held-out", "accuracy": m["accuracy"],
+             "length-matched accuracy": m.get("length_matched_accuracy"), "mean margin": m.get("mean_margin")}
+            for name, m in (("reward", rm), ("judge", judge))]
+    rows += [{"model": name, "pairs": f"{source} ({m['pairs_by_source'][source]})", "accuracy": acc}
+             for name, m in (("reward", rm), ("judge", judge))
+             for source, acc in (m.get("accuracy_by_source") or {}).items()]
+    create_markdown_artifact(key="reward-report", markdown="\n".join(["# reward models (held-out pairs)", "",
+                                                                      md_table(rows)]),
+                             description=f"reward models on held-out comparisons: accuracy {rm['accuracy']:.3f} "
+                                         f"(reward), {judge['accuracy']:.3f} (judge), by source")
+    print(f"reward: held-out accuracy {rm['accuracy']:.3f}, judge {judge['accuracy']:.3f}")
     return metrics
 
 
@@ -100,16 +93,21 @@ def reward(params: dict) -> dict:
 def ppo(params: dict) -> dict:
     cfg = config(PPOConfig, params, "ppo")
     m = train_ppo(cfg, OUT / "sft/checkpoint", OUT / "reward/checkpoint", INSTRUCTIONS, OUT / "ppo",
-                  on_progress=progress("ppo-progress", cfg.steps))
-    write_json("metrics/ppo.json", scalars(m))
+                  on_progress=ui_progress("ppo-progress", f"PPO: {cfg.steps} rollout/update steps"))
+    write_train_metrics("ppo", scalars(m))
     log = OUT / "ppo" / "log.csv"
     plots = Path("plots/ppo")
     plots.mkdir(parents=True, exist_ok=True)
     if log.exists():
         (plots / "log.csv").write_text(log.read_text())
+    if render_ppo_png(log, plots / "curve.png"):  # not a DVC output: a picture of log.csv for the UI
+        publish_image("ppo-curve", plots / "curve.png", "PPO: reward-model score and KL to SFT",
+                      f"PPO: score and KL per step over {m['steps']} steps (data in plots/ppo/log.csv)",
+                      caption="Score: the reward model's mean score of the rollouts; KL: nats per response.")
     if m.get("stopped"):
         print(f"ppo stopped early: {m['stopped']} (the last good checkpoint was kept)")
-    print(f"ppo: score {rounded(m.get('last_score'))}, KL {rounded(m.get('last_kl'))}")
+    print(f"ppo: score {rounded(m.get('first_score'), 3)} -> {rounded(m.get('last_score'), 3)}, "
+          f"KL {rounded(m.get('last_kl'), 3)} in {m['seconds']:.0f} s")
     return m
 
 
@@ -117,20 +115,39 @@ def ppo(params: dict) -> dict:
 def dpo(params: dict) -> dict:
     cfg = config(DPOConfig, params, "dpo")
     m = train_dpo(cfg, OUT / "sft/checkpoint", COMPARISONS, EVAL_COMPARISONS, OUT / "dpo",
-                  on_progress=progress("dpo-progress", None))
-    write_json("metrics/dpo.json", scalars(m))
-    print(f"dpo: held-out loss {rounded(m.get('eval_loss'))}")
+                  on_progress=ui_progress("dpo-progress", f"DPO: {cfg.epochs} epochs over the comparisons"))
+    write_train_metrics("dpo", scalars(m))
+    print(f"dpo: held-out loss {rounded(m.get('eval_loss'), 3)} in {m['seconds']:.0f} s")
     return m
+
+
+EVAL_COLUMNS = {"win_rate": "win rate vs SFT", "win_rate_length_matched": "win rate (length-matched)",
+                "kl_to_reference": "KL to SFT", "mean_length": "mean length", "judge_score": "judge score",
+                "wins_by_length": "wins by length"}
+
+
+def shown(value: object) -> object:
+    """A cell of the alignment table: booleans as yes/no (not right-aligned numbers)."""
+    return ("yes" if value else "no") if isinstance(value, bool) else value
 
 
 @flow(name="align-eval", log_prints=True)
 def align_eval(params: dict) -> dict:
     cfg = config(AlignEvalConfig, params, "align_eval")
+    t0 = time.perf_counter()
     m = evaluate_alignment(cfg, OUT / "sft/checkpoint", {"ppo": OUT / "ppo/checkpoint", "dpo": OUT / "dpo/checkpoint"},
                            OUT / "judge/checkpoint", EVAL_INSTRUCTIONS, OUT / "align_eval")
     markdown = m.pop("markdown", "")
-    write_json("metrics/align_eval.json", json.loads(json.dumps(m, default=str)))
-    create_markdown_artifact(key="align-eval-samples", markdown=markdown or "(no samples)")
+    write_train_metrics("align_eval", {**m, "seconds": time.perf_counter() - t0})
+    rows = [{"policy": n, **{title: shown(m[n].get(key)) for key, title in EVAL_COLUMNS.items()}}
+            for n in ("sft", "ppo", "dpo") if isinstance(m.get(n), dict)]
+    create_markdown_artifact(key="align-eval-report", markdown="\n".join(
+        ["# alignment: judge on held-out prompts", "", md_table(rows), "",
+         f"{m['prompts']} held-out prompts x {m['samples_per_prompt']} samples; win rate against the SFT model, "
+         "graded by the judge (a reward model trained on the other half of the comparisons)."]),
+        description="alignment evaluation: one row per policy (win rate vs SFT, KL, length, judge score)")
+    create_markdown_artifact(key="align-eval-samples", markdown=markdown or "(no samples)",
+                             description="alignment evaluation: each model's first reply to held-out prompts")
     for name in ("ppo", "dpo"):
         if name in m:
             p = m[name]

@@ -11,23 +11,25 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import shutil
 from pathlib import Path
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows._stage import load_params
-from lmdata.atomic import write_json
+from flows._artifacts import publish_image
+from flows._stage import load_params, md_table
+from flows._training import ui_progress, write_train_metrics
 from lmdata.errors import ConfigError
+from lmtrain.align.common import fenced
 from lmtrain.config import ConfigError as TrainConfigError
 from lmtrain.config import pretrain_configs
 from lmtrain.inference.generate import sample_text
 from lmtrain.models.bundle import attach_tokenizer, load_bundle
 from lmtrain.pretrain.curves import render_loss_png
 from lmtrain.pretrain.train import TrainConfig, train
+from lmtrain.progress import rounded, split_timings
 
 MODELS = ("bigram", "mlp", "gpt")
 
@@ -42,18 +44,10 @@ def train_configs(params: dict) -> dict[str, TrainConfig]:
 
 @task(name="train-model", cache_policy=NO_CACHE)
 def train_model(name: str, cfg: TrainConfig, train_dir: Path, eval_dir: Path, out: Path) -> dict:
-    artifact = create_progress_artifact(progress=0.0, key=f"pretrain-{name}-progress",
-                                        description=f"pretraining {name}")
-
-    def on_progress(p: dict) -> None:
-        if "step" in p and cfg.max_steps:
-            update_progress_artifact(artifact, progress=100.0 * p["step"] / cfg.max_steps)
-
+    on_progress = ui_progress(f"pretrain-{name}-progress", f"pretraining {name}: {cfg.max_steps} steps")
     if out.exists() and not cfg.resume:
         shutil.rmtree(out)
-    metrics = train(cfg, train_dir, eval_dir, out, on_progress=on_progress)
-    update_progress_artifact(artifact, progress=100.0)
-    return metrics
+    return train(cfg, train_dir, eval_dir, out, on_progress=on_progress)
 
 
 def write_plots(names: list[str], root: Path, plots: Path) -> None:
@@ -79,33 +73,47 @@ def pretrain(params: dict, only: list[str] | None = None) -> dict:
     tokens = Path(section.get("tokens", "data/tokens"))
     root = Path(section.get("out", "models/pretrain"))
     tok_dir = Path(section.get("tokenizer", "models/tokenizer"))
-    metrics_path = Path("metrics/pretrain.json")
-    results = json.loads(metrics_path.read_text()) if only and metrics_path.exists() else {}
+    results, timings = {}, {}
     for name, cfg in configs.items():
         if only and name not in only:
             continue
         m = train_model.with_options(task_run_name=f"train-{name}")(name, cfg, tokens / "train", tokens / "eval",
                                                                     root / name)
         attach_tokenizer(root / name / "checkpoint", tok_dir)
-        results[name] = {k: m[k] for k in ("eval_loss", "eval_bpb", "mc_accuracy", "tokens_per_s", "mfu",
-                                           "matmul_utilisation", "params", "steps", "tokens", "seconds",
-                                           "train_loss") if k in m}
+        results[name], timings[name] = split_timings({k: m[k] for k in REPORTED if k in m})
         print(f"pretrain {name}: eval bpb {m['eval_bpb']:.4f}, loss {m['eval_loss']:.4f}, "
-              f"mc {m.get('mc_accuracy')}, {m['tokens_per_s']:.0f} tok/s")
-    write_json(metrics_path, results)
+              f"mc accuracy {rounded(m.get('mc_accuracy'), 3)}, {m['tokens_per_s']:,.0f} tok/s, {m['seconds']:.0f} s")
+    write_train_metrics("pretrain", {n: {**results[n], **timings[n]} for n in results}, merge=bool(only))
     write_plots(list(configs), root, Path("plots/pretrain"))
-    table = ["| model | params | eval loss | eval bpb | mc acc | tok/s |", "|---|---:|---:|---:|---:|---:|"]
-    table += [f"| {n} | {r.get('params', 0):,} | {r['eval_loss']:.4f} | {r['eval_bpb']:.4f} | "
-              f"{r.get('mc_accuracy') or 0:.3f} | {r['tokens_per_s']:.0f} |" for n, r in results.items()]
+    publish_report(results, timings, root, section)
+    return results
+
+
+# reported per model in metrics/pretrain.json; the timing ones go to metrics/timings/pretrain.json
+REPORTED = ("eval_loss", "eval_bpb", "mc_accuracy", "params", "steps", "tokens", "train_loss", "tokens_per_s",
+            "mfu", "matmul_utilisation", "seconds")
+
+
+def publish_report(results: dict, timings: dict, root: Path, section: dict) -> None:
+    """The report artifact (a table of this run's models, GPT samples as code blocks) and the
+    validation loss curves of every model as an image artifact."""
+    rows = [{"model": n, "params": r.get("params"), "eval loss": r.get("eval_loss"), "eval bpb": r.get("eval_bpb"),
+             "mc accuracy": r.get("mc_accuracy"), "tok/s": round(timings[n].get("tokens_per_s") or 0),
+             "seconds": round(timings[n].get("seconds") or 0)} for n, r in results.items()]
     samples = []
     if "gpt" in results:
         model, tok = load_bundle(root / "gpt" / "checkpoint")
-        for prompt in section.get("sample_prompts", ["ROMEO:\n"]):
+        for i, prompt in enumerate(section.get("sample_prompts", ["ROMEO:\n"]), 1):
             text = sample_text(model, tok, prompt, max_new_tokens=int(section.get("sample_tokens", 120)), seed=0)
-            samples.append(f"**{prompt!r}**\n\n```\n{prompt}{text}\n```")
+            samples += [f"**sample {i}** (prompt and continuation, seed 0):", "", fenced(prompt + text), ""]
+    best = min(results, key=lambda n: results[n]["eval_bpb"]) if results else "-"
     create_markdown_artifact(key="pretrain-report", markdown="\n".join(
-        ["# pretraining", "", *table, "", "## GPT samples", "", *samples]))
-    return results
+        ["# pretraining", "", md_table(rows), "", "## GPT samples", "", *samples]),
+        description=f"pretraining: {len(results)} models on the evaluation split, best bpb {best}; "
+                    "metrics in metrics/pretrain.json, timings in metrics/timings/pretrain.json")
+    publish_image("pretrain-loss-curve", Path("plots/pretrain/val_loss.png"), "validation loss by model",
+                  "pretraining: validation loss of every model against the optimizer step",
+                  caption="Loss on fixed evaluation windows at each eval interval (nats per token).")
 
 
 def main(argv: list[str] | None = None) -> dict:

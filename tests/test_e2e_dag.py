@@ -82,3 +82,24 @@ def test_dvc_repro_runs_the_whole_dag(tmp_path, prefect_server):
     assert {"ppo", "dpo"} <= set(ev) and 0 <= ev["ppo"]["win_rate"] <= 1
     second = subprocess.run([dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert "Running stage" not in second.stdout
+    assert_forced_rerun_is_byte_identical(repo, dvc, env)
+
+
+TRAINING = ("pretrain", "sft", "reward", "ppo", "dpo", "align_eval")
+
+
+def assert_forced_rerun_is_byte_identical(repo: Path, dvc: str, env: dict) -> None:
+    """Same inputs, same bytes on the model side: forcing every training stage again leaves dvc.lock
+    (the md5 of each model folder, metrics file and plot) as it was; timings go to metrics/timings."""
+    before = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    proc = subprocess.run([dvc, "repro", "--force", "--downstream", "pretrain"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")} == set(TRAINING)
+    after = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    changed = [(stage, out["path"]) for stage in TRAINING for out, old in zip(after[stage]["outs"], before[stage]["outs"])
+               if out != old]
+    assert not changed, changed
+    assert after == before
+    timings = json.loads((repo / "metrics" / "timings" / "pretrain.json").read_text())
+    assert timings["gpt"]["seconds"] > 0 and "seconds" not in json.loads((repo / "metrics" / "pretrain.json").read_text())["gpt"]

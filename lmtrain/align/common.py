@@ -7,6 +7,7 @@ lmtrain.tokenizer.chat).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -14,6 +15,13 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from lmtrain.models.gpt import GPT
+
+
+def fenced(text: str) -> str:
+    """`text` as a markdown code block whose fence is longer than any run of backticks inside it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}"
 
 
 def pad_batch(rows: Sequence[Sequence[int]], pad: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lmtrain.align.common import sequence_logprobs
+from lmtrain.align.common import fenced, sequence_logprobs
 from lmtrain.align.reward_model import load_reward_model, score_ids
 from lmtrain.config import RunConfig
 from lmtrain.data.tables import read_conversations
@@ -131,7 +131,7 @@ def evaluate_alignment(cfg: AlignEvalConfig, sft_ckpt: str | Path, policies: Map
 
 
 def side_by_side(tok, texts: list[str], answers: Mapping[str, list[list[list[int]]]], metrics: dict) -> str:
-    """Markdown: a summary table, then each prompt with the first reply of every model in one row."""
+    """Markdown: a summary table, then each prompt with the first reply of every model, as code blocks."""
     stops = stop_ids(tok)
     names = list(answers)
     lines = ["# Alignment: judge win rate vs SFT on held-out prompts\n",
@@ -145,11 +145,9 @@ def side_by_side(tok, texts: list[str], answers: Mapping[str, list[list[list[int
         wm = "n/a" if m["win_rate_length_matched"] is None else f"{m['win_rate_length_matched']:.2f}"
         lines.append(f"| {n} | {m['win_rate']:.2f} | {wm} | {m['kl_to_reference']:.2f} | {m['mean_length']:.1f} "
                      f"| {m['judge_score']:.3f} | {'**yes**' if m['wins_by_length'] else 'no'} |")
-    lines += ["", "| prompt | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for i, t in enumerate(texts):
-        cells = []
+    for i, t in enumerate(texts, 1):  # code blocks keep newlines, pipes and markup in prompts and replies
+        lines += ["", f"## prompt {i}", "", fenced(t)]
         for n in names:
-            text = tok.decode([x for x in answers[n][i][0] if x not in stops])
-            cells.append(text.replace("|", "\\|").replace("\n", "<br>"))
-        lines.append(f"| {t.replace('|', chr(92) + '|')} | " + " | ".join(cells) + " |")
+            reply = tok.decode([x for x in answers[n][i - 1][0] if x not in stops])
+            lines += ["", f"**{n}:**", "", fenced(reply)]
     return "\n".join(lines) + "\n"

@@ -31,13 +31,13 @@ from lmtrain.data.tables import read_conversations
 from lmtrain.inference.generate import generate_replies
 from lmtrain.models.bundle import load_gpt, save_bundle
 from lmtrain.models.gpt import GPT
-from lmtrain.progress import Progress
+from lmtrain.progress import Progress, split_timings
 from lmtrain.runtime import Runtime, adamw, optimizer_step, setup
 from lmtrain.tokenizer.chat import prompt_ids, stop_ids
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 LOG_FIELDS = ("step", "reward", "score", "kl", "kl_coef", "entropy", "clip_fraction", "value_loss", "policy_loss",
-              "approx_kl", "ratio_mean", "response_length", "end_rate", "seconds")
+              "approx_kl", "ratio_mean", "response_length", "end_rate")
 
 
 @dataclass
@@ -333,13 +333,14 @@ def train_ppo(cfg: PPOConfig, sft_ckpt: str | Path, reward_ckpt: str | Path, pro
     metrics = {"steps": len(log), "stopped": stopped, "final_kl_coef": kl_ctl.value,
                **{f"last_{k}": last[k] for k in ("reward", "score", "kl", "response_length") if k in last},
                "first_score": log[0]["score"] if log else None, "seconds": time.perf_counter() - t0}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps(split_timings(metrics)[0], indent=2))  # no wall times
     return metrics
 
 
 def write_log(log: Sequence[dict], out_dir: Path) -> None:
-    """Per-step statistics as log.json and log.csv (DVC plots)."""
-    (out_dir / "log.json").write_text(json.dumps(list(log), indent=2))
+    """Per-step statistics as log.json and log.csv (DVC plots), without the wall times (a DVC output)."""
+    log = [split_timings(r)[0] for r in log]
+    (out_dir / "log.json").write_text(json.dumps(log, indent=2))
     with open(out_dir / "log.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
         w.writeheader()

@@ -33,7 +33,7 @@ from lmtrain.align.reward_model import (
 from lmtrain.config import OptimConfig
 from lmtrain.data.tables import read_comparisons
 from lmtrain.models.bundle import load_gpt
-from lmtrain.progress import Progress
+from lmtrain.progress import Progress, split_timings
 from lmtrain.runtime import adamw, check_finite, cosine_lr, optimizer_step, set_lr, setup
 
 
@@ -170,8 +170,9 @@ def train_reward(cfg: RewardConfig, sft_ckpt: str | Path, train_dir: str | Path,
     metrics.update(train_accuracy=evaluate_pairs(model, tok, train_pairs, cfg)["accuracy"],
                    train_pairs=len(fit_pairs), **info, subset=subset, seed=seed, steps=step,
                    seconds=time.perf_counter() - t0)
-    save_reward_model(Path(out_dir) / "checkpoint", model, sft_ckpt, {"reward_config": asdict(cfg), **metrics})
-    (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    stable = split_timings(metrics)[0]  # the model folder is a DVC output: no wall times in it
+    save_reward_model(Path(out_dir) / "checkpoint", model, sft_ckpt, {"reward_config": asdict(cfg), **stable})
+    (Path(out_dir) / "metrics.json").write_text(json.dumps(stable, indent=2))
     (Path(out_dir) / "history.json").write_text(json.dumps(history))
     return metrics
 

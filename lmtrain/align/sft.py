@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from lmtrain.align.common import pad_batch
+from lmtrain.align.common import fenced, pad_batch
 from lmtrain.config import OptimConfig
 from lmtrain.data.tables import read_conversations
 from lmtrain.inference.generate import generate_replies
 from lmtrain.models.bundle import load_gpt, save_bundle
 from lmtrain.models.gpt import GPT
-from lmtrain.progress import Progress
+from lmtrain.progress import Progress, split_timings
 from lmtrain.runtime import Runtime, adamw, check_finite, cosine_lr, optimizer_step, set_lr, setup
 from lmtrain.tokenizer.chat import prompt_ids, render, stop_ids
 
@@ -141,7 +141,7 @@ def train_sft(cfg: SFTConfig, init_ckpt: str | Path, train_dir: str | Path, eval
                "train_loss": history[-1]["train_loss"] if history else float("nan"), "steps": step,
                "train_conversations": len(train_ex), "eval_conversations": len(eval_ex),
                "seconds": time.perf_counter() - t0}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps(split_timings(metrics)[0], indent=2))  # no wall times
     (out_dir / "samples.md").write_text(samples_markdown(samples))
     (out_dir / "history.json").write_text(json.dumps(history))
     return {**metrics, "samples": samples}
@@ -167,7 +167,8 @@ def sample_answers(model: GPT, tok, convs: Sequence[Sequence[dict]], cfg: SFTCon
 def samples_markdown(samples: Sequence[dict]) -> str:
     """Held-out prompts with the reference and the model's answer, as markdown."""
     parts = ["# SFT samples on held-out prompts\n"]
-    for s in samples:
-        parts.append(f"## {s['prompt']}\n\n**model:**\n\n```\n{s['answer']}\n```\n\n"
-                     f"**reference (first 400 chars):**\n\n```\n{s['reference']}\n```\n")
+    for s in samples:  # every text in a code block: newlines, pipes and markup stay as they are
+        title = (s["prompt"].strip().splitlines() or [""])[0][:80]
+        parts.append(f"## {title}\n\n{fenced(s['prompt'])}\n\n**model:**\n\n{fenced(s['answer'])}\n\n"
+                     f"**reference (first 400 chars):**\n\n{fenced(s['reference'])}\n")
     return "\n".join(parts)
