@@ -211,19 +211,23 @@ def run_smoke(profile: Path, workspace: Path, raw: Path | None = None, cap_mb: f
                 [dvc, "commit", "-f", "-q", "fetch"]):
         subprocess.run(cmd, cwd=scratch, env=env, check=True, capture_output=True, text=True)
     log = (scratch / "smoke.log").open("w")
-    proc = subprocess.Popen([dvc, "repro"], cwd=scratch, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([dvc, "repro"], cwd=scratch, env={**(env or os.environ), "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # progress live
     lines = []
     for line in proc.stdout:
         lines.append(line)
         log.write(line)
+        log.flush()
         if line.startswith(("Running stage", "ERROR")):
             print(f"lmforge smoke: {line.rstrip()}", flush=True)
     rc = proc.wait()
     log.close()
     listed = subprocess.run([dvc, "stage", "list", "--name-only"], cwd=scratch, env=env, capture_output=True,
                             text=True, check=True).stdout.split()
-    return SmokeResult(scratch, rc, stage_states(listed, "".join(lines), rc), copied)
+    states = stage_states(listed, "".join(lines), rc)
+    if states.get("fetch", "").startswith("skipped"):
+        states["fetch"] = f"replaced by a capped copy of {raw}"
+    return SmokeResult(scratch, rc, states, copied)
 
 
 def report(result: SmokeResult, keep: bool) -> str:
