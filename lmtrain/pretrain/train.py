@@ -252,7 +252,7 @@ def _parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Na
     parser.add_argument("--out", required=True)
     for f in dataclasses.fields(TrainConfig):
         kind = {"bool": lambda s: s.lower() in ("1", "true", "yes"), "int": int, "float": float, "str": str}[
-            f.type if isinstance(f.type, str) else f.type.__name__]
+            (f.type if isinstance(f.type, str) else f.type.__name__).split(" | ")[0]]  # config: str | dict -> a name
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
