@@ -11,7 +11,15 @@ import time
 import pytest
 import yaml
 
-from flows._smoke import copy_capped, smoke_dtype, smoke_params, stage_raw, stage_states
+from flows._smoke import (
+    SmokeResult,
+    copy_capped,
+    report,
+    smoke_dtype,
+    smoke_params,
+    stage_raw,
+    stage_states,
+)
 from lmtrain.align.dpo import DPOConfig
 from lmtrain.align.evaluate import AlignEvalConfig
 from lmtrain.align.ppo import PPOConfig
@@ -92,6 +100,14 @@ def test_stage_states_marks_the_stage_that_failed():
     assert stage_states(["f", "a", "b", "c"], out, 1) == {"f": "skipped (up to date)", "a": "ok", "b": "failed",
                                                           "c": "not run"}
     assert stage_states(["a", "b"], out, 0)["b"] == "ok"
+
+
+def test_report_names_the_failed_stage_and_where_the_scratch_copy_is(tmp_path):
+    failed = SmokeResult(tmp_path, 1, {"ingest@corpus": "ok", "pretrain": "failed", "sft": "not run"}, {"x": 10})
+    text = report(failed, keep=False)
+    assert "FAILED at pretrain" in text and f"kept for inspection at {tmp_path}" in text
+    assert "\n  sft            not run\n" in text
+    assert f"scratch copy {tmp_path} removed" in report(SmokeResult(tmp_path, 0, {"a": "ok"}), keep=False)
 
 
 def test_smoke_without_a_profile_is_a_usage_error():
