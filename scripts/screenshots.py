@@ -25,6 +25,7 @@ PAGES = {  # file name -> (what, how to find it)
     "artifact-filter-table.png": ("the filter table artifact", ("artifact", "filter-corpus")),
     "artifact-align-eval.png": ("the alignment evaluation artifact", ("artifact", "align-eval-report")),
     "artifact-loss-curve.png": ("the pretraining loss curve", ("artifact", "pretrain-loss-curve")),
+    "artifact-ppo-curve.png": ("PPO's score and KL per step", ("artifact", "ppo-curve")),
 }
 
 
