@@ -1,5 +1,5 @@
-"""PPO pieces: GAE against a direct sum, clipped losses on known numbers, the KL controller, and
-replies that stop at the end-of-turn token."""
+"""PPO pieces: GAE against a direct sum, clipped losses on known numbers, the KL controller, replies
+that stop at the end-of-turn token, and log-probs / KL scored at the rollout temperature."""
 
 import math
 
@@ -9,11 +9,17 @@ import torch
 from lmtrain.align.ppo import (
     AdaptiveKLController,
     FixedKLController,
+    PolicyWithValue,
+    PPOConfig,
     compute_gae,
     policy_loss,
+    reply_stats,
+    rollout,
     value_loss,
     whiten,
 )
+from lmtrain.align.reward_model import RewardModel
+from lmtrain.config import ConfigError
 from lmtrain.inference.generate import generate_replies
 from lmtrain.models.gpt import GPT, GPTConfig
 from lmtrain.tokenizer import train_bpe
@@ -122,3 +128,54 @@ def test_sampled_replies_are_cut_right_after_their_first_stop_token(tok):
         k = full.index(stop) + 1 if stop in full else len(full)
         assert r == full[:k]
     assert cut[0][-1] == stop and len(cut[0]) <= 5
+
+
+def hand_logprob(logits_row: list[float], target: int, temperature: float) -> float:
+    """log softmax(logits / T)[target], written out in float64."""
+    z = [v / temperature for v in logits_row]
+    top = max(z)
+    return z[target] - top - math.log(sum(math.exp(v - top) for v in z))
+
+
+def test_rollout_scores_log_probs_and_kl_at_the_rollout_temperature(tok):
+    torch.manual_seed(2)
+    cfg_model = GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16)
+    policy, ref = PolicyWithValue(GPT(cfg_model)).eval(), GPT(cfg_model).eval()
+    rm = RewardModel(GPT(cfg_model)).eval()
+    cfg = PPOConfig(samples_per_prompt=2, max_new_tokens=5, temperature=0.5, whiten_advantages=False)
+    prompts = [[5, 6, 7], [8, 9]]
+    batch = rollout(policy, ref, rm, tok, prompts, cfg, kl_coef=0.1, generator=torch.Generator().manual_seed(3))
+    for b, reply in enumerate(batch["replies"]):
+        ids = prompts[b // 2] + reply
+        with torch.no_grad():
+            pol_logits = policy(torch.tensor([ids]))[0][0].double().tolist()
+            ref_logits = ref(torch.tensor([ids]))[0][0].double().tolist()
+        n = len(prompts[b // 2])
+        want = [hand_logprob(pol_logits[n - 1 + j], reply[j], 0.5) for j in range(len(reply))]
+        want_ref = [hand_logprob(ref_logits[n - 1 + j], reply[j], 0.5) for j in range(len(reply))]
+        at_one = [hand_logprob(pol_logits[n - 1 + j], reply[j], 1.0) for j in range(len(reply))]
+        got = batch["logp"][b, :len(reply)]
+        torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float32), rtol=1e-4, atol=1e-4)
+        assert max(abs(a - w) for a, w in zip(at_one, want)) > 1e-2  # temperature 1 would score differently
+        assert math.isclose(float(batch["kl"][b]), sum(want) - sum(want_ref), rel_tol=1e-4, abs_tol=1e-4)
+
+
+def test_update_log_probs_equal_rollout_log_probs_at_temperature(tok):
+    """Before any gradient step the update's new log-probs equal the rollout's old ones: ratio 1."""
+    torch.manual_seed(4)
+    cfg_model = GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16)
+    policy, ref = PolicyWithValue(GPT(cfg_model)).eval(), GPT(cfg_model).eval()
+    cfg = PPOConfig(samples_per_prompt=3, max_new_tokens=6, temperature=1.7)
+    batch = rollout(policy, ref, RewardModel(GPT(cfg_model)).eval(), tok, [[5, 6, 7]], cfg, 0.1,
+                    torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, values = policy(batch["x"])
+        logp, _, _ = reply_stats(logits, values, batch["x"], batch["starts"], batch["width"], cfg.temperature)
+    torch.testing.assert_close(logp * batch["mask"], batch["logp"] * batch["mask"])
+
+
+@pytest.mark.parametrize("setting", [{"top_k": 20}, {"top_p": 0.9}, {"temperature": 0.0}])
+def test_truncated_or_greedy_rollout_sampling_is_a_config_error(setting):
+    with pytest.raises(ConfigError, match="ppo") as e:
+        PPOConfig(**setting)
+    assert "sampl" in str(e.value)

@@ -5,7 +5,9 @@ each with the reward model (clipped to ±reward_clip; optional penalty when no e
 per-token reward -β·(log π - log π_ref) with the score added at the last token; GAE (γ, λ) on a
 value head sharing the policy's backbone; whitened advantages; `ppo_epochs` passes of minibatches
 with the clipped policy loss and the clipped value loss; gradient clipping; the adaptive KL
-controller (Ziegler et al. 2019) moves β toward `target_kl`. The run stops with a message, keeping
+controller (Ziegler et al. 2019) moves β toward `target_kl`. Log-probs (old, new, reference), entropy and KL are
+scored under softmax(logits / T) at the rollout temperature T, the distribution the tokens were drawn
+from; top-k / top-p would truncate it, so PPOConfig rejects them before any work. The run stops with a message, keeping
 the last good policy, when a statistic turns NaN or the mean KL per response exceeds `kl_max`.
 """
 
@@ -24,9 +26,9 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from lmtrain.align.common import pad_batch, token_logprobs
+from lmtrain.align.common import pad_batch, rollout_sampling_error, token_logprobs
 from lmtrain.align.reward_model import RewardModel, load_reward_model, score_ids
-from lmtrain.config import OptimConfig
+from lmtrain.config import ConfigError, OptimConfig
 from lmtrain.data.tables import read_conversations
 from lmtrain.inference.generate import generate_replies
 from lmtrain.models.bundle import load_gpt, save_bundle
@@ -51,9 +53,9 @@ class PPOConfig(OptimConfig):
     prompts_per_step: int = 4  # distinct training prompts per rollout batch
     samples_per_prompt: int = 4  # replies per prompt (they share one KV cache)
     max_new_tokens: int = 32  # reply length cap
-    temperature: float = 1.0  # rollout sampling
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
+    temperature: float = 1.0  # rollout sampling; log-probs, ratio and KL are scored at this temperature too
+    top_k: int = 0  # must stay 0 (off): the scored distribution must be the sampled one
+    top_p: float = 1.0  # must stay 1.0 (off), as top_k
     ppo_epochs: int = 2  # passes over each rollout batch
     minibatch_size: int = 8  # replies per gradient step
     learning_rate: float = 5e-5
@@ -70,6 +72,11 @@ class PPOConfig(OptimConfig):
     no_end_penalty: float = 0.0  # subtracted from the score of a reply that never emitted <|end|>; 0 = off
     kl_max: float = 10.0  # stop (keeping the last good policy) when mean KL per response exceeds this
     whiten_advantages: bool = True
+
+    def __post_init__(self) -> None:
+        why = rollout_sampling_error("ppo", self.temperature, self.top_k, self.top_p)
+        if why:
+            raise ConfigError(why)
 
 
 class PolicyWithValue(nn.Module):
@@ -161,8 +168,9 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
 
 
 def reply_stats(logits: torch.Tensor, values: torch.Tensor, seqs: torch.Tensor, starts: torch.Tensor,
-                width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Log-probs, values and entropies of the reply tokens, left-aligned (B, width).
+                width: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probs, values and entropies of the reply tokens, left-aligned (B, width), under softmax(logits / T)
+    with T the rollout temperature (the values read hidden states: no temperature).
 
     Row b's reply starts at starts[b] in seqs; the logits at position p predict token p + 1.
     """
@@ -170,9 +178,9 @@ def reply_stats(logits: torch.Tensor, values: torch.Tensor, seqs: torch.Tensor, 
     pos = (starts[:, None] - 1 + j[None, :]).clamp(max=seqs.size(1) - 2)  # positions that predict the reply
     lg = torch.gather(logits, 1, pos[:, :, None].expand(-1, -1, logits.size(-1)))
     targets = torch.gather(seqs, 1, pos + 1)
-    logp = token_logprobs(lg, targets)
-    probs = F.softmax(lg.float(), dim=-1)
-    entropy = -(probs * F.log_softmax(lg.float(), dim=-1)).sum(-1)
+    logp = token_logprobs(lg, targets, temperature)
+    scaled = lg.float() / temperature
+    entropy = -(F.softmax(scaled, dim=-1) * F.log_softmax(scaled, dim=-1)).sum(-1)
     return logp, torch.gather(values, 1, pos), entropy
 
 
@@ -205,9 +213,10 @@ def rollout(policy: PolicyWithValue, ref: GPT, rm: RewardModel, tok, prompts: Se
     st_ = torch.tensor(starts, device=device)
     with torch.no_grad(), rt.autocast():
         logits, values = policy(x)
-        logp, values, _ = reply_stats(logits, values.float(), x, st_, width)
+        logp, values, _ = reply_stats(logits, values.float(), x, st_, width, cfg.temperature)
         ref_logits, _ = ref(x)
-        ref_logp, _, _ = reply_stats(ref_logits, torch.zeros_like(x, dtype=torch.float), x, st_, width)
+        ref_logp, _, _ = reply_stats(ref_logits, torch.zeros_like(x, dtype=torch.float), x, st_, width,
+                                     cfg.temperature)
     with torch.no_grad():
         scores = score_ids(rm, score_rows, tok.eot_id).to(device)
     logp, ref_logp = logp.float(), ref_logp.float()
@@ -242,7 +251,7 @@ def ppo_update(policy: PolicyWithValue, opt: torch.optim.Optimizer, batch: dict,
             with rt.autocast():
                 logits, values = policy(batch["x"][idx])
                 logp, v, entropy = reply_stats(logits, values.float(), batch["x"][idx], batch["starts"][idx],
-                                               batch["width"])
+                                               batch["width"], cfg.temperature)
             logp = logp.float()
             pl, stats = policy_loss(logp, batch["logp"][idx], batch["adv"][idx], m, cfg.clip_range)
             vl = value_loss(v, batch["values"][idx], batch["returns"][idx], m, cfg.value_clip)
