@@ -22,6 +22,7 @@ from lmtrain.align.splits import (
     comparison_half,
     eval_prompts,
     eval_side,
+    held_out_side,
     select_half,
 )
 
@@ -46,14 +47,21 @@ def test_eval_prompts_cut_held_out_rows_by_group_into_dev_and_test(tmp_path):
     dev, test, every = (eval_prompts(folder, s) for s in ("dev", "test", "all"))
     assert len(dev) + len(test) == len(every) == 36 and dev and test
     assert {r["group"] for r in dev}.isdisjoint({r["group"] for r in test})  # a group never straddles
-    assert all(r["split"] == eval_side(r["group"]) for r in every)
+    assert all(r["split"] == eval_side(r["group"]) == held_out_side(r) for r in every)
     assert every[0]["reference"] == "reply 0" and every[0]["prompt"].startswith("prompt ")
     few = eval_prompts(folder, "test", max_prompts=4)  # evenly spaced, the first kept
     assert len(few) == 4 and few[0] == test[0] and all(r in test for r in few)
     with pytest.raises(ValueError, match="not one of"):
         eval_prompts(folder, "train")
-    with pytest.raises(ValueError, match="no held-out prompts on the 'dev' side"):
-        eval_prompts(folder, "dev", dev_fraction=0.0)
+    one = _write_instructions(tmp_path / "one", [("x", "play:1", "p", "r")])
+    with pytest.raises(ValueError, match="no held-out prompts on the '(dev|test)' side"):
+        eval_prompts(one, "test" if eval_side("play:1") == "dev" else "dev")
+
+
+def test_a_prompt_without_group_lands_on_one_side_in_both_datasets():
+    instruction = {"prompt": "Explain  loops", "reference": "A for loop", "group": ""}
+    comparison = {"prompt": "explain loops", "chosen": "A for loop", "rejected": "x", "group": None}
+    assert held_out_side(instruction) == held_out_side(comparison)
 
 
 def test_assert_disjoint_fires_on_a_shared_prompt_after_normalising():

@@ -62,8 +62,36 @@ def with_groups(rows: Sequence[dict], folder: str | Path) -> list[dict]:
     return [{**r, "group": group.get(r["id"], "")} for r in rows]
 
 
-def eval_prompts(eval_dir: str | Path, split: str, dev_fraction: float = DEV_FRACTION, salt: str = DEV_SALT,
-                 max_prompts: int = 0) -> list[dict]:
+def held_out_side(row: dict, dev_fraction: float = DEV_FRACTION, salt: str = DEV_SALT) -> str:
+    """'dev' or 'test' for a held-out row with `group` and `prompt` (its normalised prompt where it has no
+    group): the instruction and the comparisons of one prompt always land on the same side."""
+    return eval_side(row.get("group") or normalise_prompt(row["prompt"]), dev_fraction, salt)
+
+
+def on_side(rows: Sequence[dict], split: str) -> list[dict]:
+    """The held-out rows (with `group`, `prompt`) on one side: dev | test | all."""
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"evaluation split {split!r} is not one of {EVAL_SPLITS}")
+    return list(rows) if split == "all" else [r for r in rows if held_out_side(r) == split]
+
+
+def held_out_conversations(eval_dir: str | Path) -> list[tuple[dict, list[dict]]]:
+    """(row {"id", "prompt", "reference", "source", "group", "split"}, conversation) of every held-out
+    instruction, sorted by id; `split` is the row's side, dev or test."""
+    meta = [r for r in read_table(eval_dir, ["id", "split"], optional=["source", "group"]) if r["split"] == "eval"]
+    convs = read_conversations(eval_dir, "eval")  # the same rows in the same order (both sorted by id)
+    out = []
+    for r, conv in zip(meta, convs, strict=True):
+        user = next((m["content"] for m in conv if m["role"] == "user"), None)
+        if user is None:
+            raise ValueError(f"{r['_file']} (id {r['id']}): field 'messages' has no user turn")
+        row = {"id": r["id"], "prompt": user, "reference": next(m["content"] for m in conv if m["role"] == "assistant"),
+               "source": r.get("source") or "", "group": r.get("group") or ""}
+        out.append(({**row, "split": held_out_side(row)}, conv))
+    return out
+
+
+def eval_prompts(eval_dir: str | Path, split: str, max_prompts: int = 0) -> list[dict]:
     """The evaluation prompts of one side of the held-out instructions (`data/evalset/instructions`).
 
     `split`: "dev" (tuning, curves), "test" (the reported figures) or "all". Returns rows sorted by id:
@@ -72,23 +100,11 @@ def eval_prompts(eval_dir: str | Path, split: str, dev_fraction: float = DEV_FRA
     that many, evenly spaced over the sorted rows (deterministic). Raises ConfigError on an unknown or
     empty side.
     """
-    if split not in EVAL_SPLITS:
-        raise ConfigError(f"evaluation split {split!r} is not one of {EVAL_SPLITS}")
-    meta = [r for r in read_table(eval_dir, ["id", "split"], optional=["source", "group"]) if r["split"] == "eval"]
-    convs = read_conversations(eval_dir, "eval")  # the same rows in the same order (both sorted by id)
-    rows = []
-    for r, conv in zip(meta, convs, strict=True):
-        user = next((m["content"] for m in conv if m["role"] == "user"), None)
-        if user is None:
-            raise ValueError(f"{r['_file']} (id {r['id']}): field 'messages' has no user turn")
-        reply = next(m["content"] for m in conv if m["role"] == "assistant")
-        group = r.get("group") or ""
-        rows.append({"id": r["id"], "prompt": user, "reference": reply, "source": r.get("source") or "",
-                     "group": group, "split": eval_side(group or r["id"], dev_fraction, salt)})
-    out = rows if split == "all" else [r for r in rows if r["split"] == split]
+    rows = [r for r, _ in held_out_conversations(eval_dir)]
+    out = on_side(rows, split)
     if not out:
         raise ConfigError(f"{eval_dir}: no held-out prompts on the {split!r} side ({len(rows)} held-out rows, "
-                          f"dev_fraction {dev_fraction}, salt {salt!r})")
+                          f"dev_fraction {DEV_FRACTION}, salt {DEV_SALT!r})")
     if 0 < max_prompts < len(out):
         out = [out[i * len(out) // max_prompts] for i in range(max_prompts)]
     return out
