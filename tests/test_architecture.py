@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "lmtrain"
-METHODS = {"lmtrain.align.sft", "lmtrain.align.reward", "lmtrain.align.dpo", "lmtrain.align.ppo",
+METHODS = {"lmtrain.align.sft", "lmtrain.align.reward", "lmtrain.align.dpo", "lmtrain.align.ppo", "lmtrain.align.rloo",
            "lmtrain.align.evaluate"}
 # each layer may import itself and the layers before it in this list
 LAYERS = ["tokenizer", "config", "progress", "runtime", "data", "models", "pretrain", "inference", "align"]

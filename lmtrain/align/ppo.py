@@ -13,29 +13,34 @@ the last good policy, when a statistic turns NaN or the mean KL per response exc
 
 from __future__ import annotations
 
-import copy
-import csv
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import safetensors.torch as st
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from lmtrain.align.common import pad_batch, rollout_sampling_error, token_logprobs
-from lmtrain.align.reward_model import RewardModel, load_reward_model, score_ids
-from lmtrain.config import ConfigError, OptimConfig
-from lmtrain.data.tables import read_conversations
-from lmtrain.inference.generate import generate_replies
-from lmtrain.models.bundle import load_gpt, save_bundle
+from lmtrain.align.common import token_logprobs
+from lmtrain.align.reward_model import RewardModel, load_reward_model
+from lmtrain.align.rl import (
+    RolloutConfig,
+    loop_metrics,
+    reply_logits,
+    reward_scores,
+    run_policy_loop,
+    sample_rollouts,
+    training_prompts,
+    write_log,
+)
+from lmtrain.models.bundle import load_gpt
 from lmtrain.models.gpt import GPT
-from lmtrain.progress import Progress, split_timings
+from lmtrain.progress import split_timings
 from lmtrain.runtime import Runtime, adamw, optimizer_step, setup
-from lmtrain.tokenizer.chat import prompt_ids, stop_ids
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 LOG_FIELDS = ("step", "reward", "score", "kl", "kl_coef", "entropy", "clip_fraction", "value_loss", "policy_loss",
@@ -43,19 +48,14 @@ LOG_FIELDS = ("step", "reward", "score", "kl", "kl_coef", "entropy", "clip_fract
 
 
 @dataclass
-class PPOConfig(OptimConfig):
+class PPOConfig(RolloutConfig):
     """params.yaml `ppo` section; TRL / DeepSpeed-Chat defaults where they exist, equal to params.yaml's.
 
     The learning rate is constant (warmup_steps and min_lr_ratio are not used by PPO).
     """
 
-    steps: int = 60  # PPO iterations (one rollout batch + its updates each)
-    prompts_per_step: int = 4  # distinct training prompts per rollout batch
-    samples_per_prompt: int = 4  # replies per prompt (they share one KV cache)
-    max_new_tokens: int = 32  # reply length cap
-    temperature: float = 1.0  # rollout sampling; log-probs, ratio and KL are scored at this temperature too
-    top_k: int = 0  # must stay 0 (off): the scored distribution must be the sampled one
-    top_p: float = 1.0  # must stay 1.0 (off), as top_k
+    section: ClassVar[str] = "ppo"
+    checkpoint_every: int = 12  # 5 checkpoints over 60 steps for the over-optimisation curve
     ppo_epochs: int = 2  # passes over each rollout batch
     minibatch_size: int = 8  # replies per gradient step
     learning_rate: float = 5e-5
@@ -68,15 +68,7 @@ class PPOConfig(OptimConfig):
     adaptive_kl: bool = True
     target_kl: float = 6.0  # nats per response the adaptive controller aims at
     kl_horizon: int = 1000  # controller horizon in samples; TRL's 10000 suits 100k-sample runs, ours has ~1000
-    reward_clip: float = 5.0  # reward-model scores clipped to ±reward_clip
-    no_end_penalty: float = 0.0  # subtracted from the score of a reply that never emitted <|end|>; 0 = off
-    kl_max: float = 10.0  # stop (keeping the last good policy) when mean KL per response exceeds this
     whiten_advantages: bool = True
-
-    def __post_init__(self) -> None:
-        why = rollout_sampling_error("ppo", self.temperature, self.top_k, self.top_p)
-        if why:
-            raise ConfigError(why)
 
 
 class PolicyWithValue(nn.Module):
@@ -174,10 +166,7 @@ def reply_stats(logits: torch.Tensor, values: torch.Tensor, seqs: torch.Tensor, 
 
     Row b's reply starts at starts[b] in seqs; the logits at position p predict token p + 1.
     """
-    j = torch.arange(width, device=seqs.device)
-    pos = (starts[:, None] - 1 + j[None, :]).clamp(max=seqs.size(1) - 2)  # positions that predict the reply
-    lg = torch.gather(logits, 1, pos[:, :, None].expand(-1, -1, logits.size(-1)))
-    targets = torch.gather(seqs, 1, pos + 1)
+    lg, targets, pos = reply_logits(logits, seqs, starts, width)
     logp = token_logprobs(lg, targets, temperature)
     scaled = lg.float() / temperature
     entropy = -(F.softmax(scaled, dim=-1) * F.log_softmax(scaled, dim=-1)).sum(-1)
@@ -194,44 +183,26 @@ def rollout(policy: PolicyWithValue, ref: GPT, rm: RewardModel, tok, prompts: Se
     """
     device = next(policy.parameters()).device
     rt = rt or Runtime(device, torch.float32)
-    stops, end_id = stop_ids(tok), tok.special_tokens["<|end|>"]
-    seqs, starts, replies, score_rows = [], [], [], []
-    for p in prompts:
-        p = p[-(policy.gpt.block_size - cfg.max_new_tokens):]
-        with rt.autocast():
-            replies_p = generate_replies(policy.gpt, p, cfg.samples_per_prompt, cfg.max_new_tokens, stops,
-                                         cfg.temperature, cfg.top_k, cfg.top_p, generator, use_cache)
-        for r in replies_p:
-            seqs.append(p + r)
-            starts.append(len(p))
-            replies.append(r)
-            score_rows.append(p + (r if r[-1] == end_id else r + [end_id]))  # the RM reads a closed turn
-    lengths = torch.tensor([len(r) for r in replies], device=device)
-    width = max(len(r) for r in replies)
-    mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).float()
-    x = pad_batch(seqs, tok.eot_id).to(device)
-    st_ = torch.tensor(starts, device=device)
+    ro = sample_rollouts(policy.gpt, tok, prompts, cfg, generator, rt, use_cache)
+    x, st_, width, mask, lengths = ro.x, ro.starts, ro.width, ro.mask, ro.lengths.long()
     with torch.no_grad(), rt.autocast():
         logits, values = policy(x)
         logp, values, _ = reply_stats(logits, values.float(), x, st_, width, cfg.temperature)
         ref_logits, _ = ref(x)
         ref_logp, _, _ = reply_stats(ref_logits, torch.zeros_like(x, dtype=torch.float), x, st_, width,
                                      cfg.temperature)
-    with torch.no_grad():
-        scores = score_ids(rm, score_rows, tok.eot_id).to(device)
+    scores, clipped = reward_scores(rm, ro, tok.eot_id, cfg)
     logp, ref_logp = logp.float(), ref_logp.float()
-    ended = torch.tensor([float(r[-1] in stops) for r in replies], device=device)
-    clipped = scores.clamp(-cfg.reward_clip, cfg.reward_clip) - cfg.no_end_penalty * (1 - ended)
     kl = (logp - ref_logp) * mask
     rewards = -kl_coef * kl
-    rewards[torch.arange(len(replies), device=device), lengths - 1] += clipped
+    rewards[torch.arange(len(ro.replies), device=device), lengths - 1] += clipped
     values = values * mask
     adv, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
         adv = whiten(adv, mask) * mask
     return {"x": x, "starts": st_, "width": width, "mask": mask, "logp": logp, "values": values, "adv": adv,
-            "returns": returns, "scores": scores, "rewards": rewards, "kl": kl.sum(1), "lengths": lengths.float(),
-            "ended": ended, "replies": replies}
+            "returns": returns, "scores": scores, "rewards": rewards, "kl": kl.sum(1), "lengths": ro.lengths,
+            "ended": ro.ended, "replies": ro.replies}
 
 
 def ppo_update(policy: PolicyWithValue, opt: torch.optim.Optimizer, batch: dict, cfg: PPOConfig,
@@ -268,10 +239,13 @@ def ppo_update(policy: PolicyWithValue, opt: torch.optim.Optimizer, batch: dict,
 
 
 def train_ppo(cfg: PPOConfig, sft_ckpt: str | Path, reward_ckpt: str | Path, prompts_dir: str | Path,
-              out_dir: str | Path, on_progress: Callable[[dict], None] | None = None) -> dict:
-    """Optimise the SFT policy against the reward model; write out_dir/checkpoint, log.json, log.csv.
+              out_dir: str | Path, on_progress: Callable[[dict], None] | None = None,
+              held_out_dir: str | Path | None = None) -> dict:
+    """Optimise the SFT policy against the reward model; write out_dir/checkpoint, checkpoints/step_XXXX
+    (every cfg.checkpoint_every steps), log.json, log.csv.
 
-    Prompts are the user turns of the `train` split in prompts_dir (an instructions folder).
+    Prompts are the user turns of the `train` split in prompts_dir (an instructions folder); none may be
+    among the held-out prompts of `held_out_dir` (default: prompts_dir's `eval` split), checked first.
     Returns metrics with `stopped` (None or the reason) and the last logged statistics.
     """
     t0 = time.perf_counter()
@@ -279,6 +253,7 @@ def train_ppo(cfg: PPOConfig, sft_ckpt: str | Path, reward_ckpt: str | Path, pro
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gpt, tok = load_gpt(sft_ckpt, dropout=0.0)  # no dropout: rollout and update log-probs must agree
+    prompts = training_prompts(tok, prompts_dir, held_out_dir, "ppo")
     policy = PolicyWithValue(gpt).to(rt.device).eval()
     ref, _ = load_gpt(sft_ckpt, 0.0, rt.device)
     ref.eval().requires_grad_(False)
@@ -286,71 +261,28 @@ def train_ppo(cfg: PPOConfig, sft_ckpt: str | Path, reward_ckpt: str | Path, pro
     rm.requires_grad_(False)
     if getattr(rm_tok, "hash", None) != getattr(tok, "hash", None):
         raise ValueError(f"{reward_ckpt}: reward model tokenizer differs from the policy's ({sft_ckpt})")
-    prompts = [prompt_ids(tok, next(m["content"] for m in c if m["role"] == "user"))
-               for c in read_conversations(prompts_dir, "train")]
-    if not prompts:
-        raise ValueError(f"{prompts_dir}: no training prompts")
     opt = adamw(policy, cfg.weight_decay, cfg.learning_rate, (0.9, 0.95), rt.device.type)
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.init_kl_coef))
     g = torch.Generator().manual_seed(cfg.seed)  # prompt and minibatch order
     # samples are drawn on the policy's device; on a CPU from the same generator (results as before)
     sample_g = g if rt.device.type == "cpu" else rt.generator(cfg.seed)
-    bar = Progress(cfg.steps, "ppo", cfg.progress, on_progress=on_progress)
-    order: list[int] = []
-    log: list[dict] = []
-    good_state = copy.deepcopy(policy.state_dict())
-    stopped = None
-    for step in range(1, cfg.steps + 1):
-        ts = time.perf_counter()
-        if len(order) < cfg.prompts_per_step:
-            order += torch.randperm(len(prompts), generator=g).tolist()
-        batch_prompts = [prompts[i] for i in order[:cfg.prompts_per_step]]
-        del order[:cfg.prompts_per_step]
-        batch = rollout(policy, ref, rm, tok, batch_prompts, cfg, kl_ctl.value, sample_g, rt=rt)
-        kl_mean = float(batch["kl"].mean())
-        if not torch.isfinite(batch["scores"]).all() or kl_mean != kl_mean:
-            stopped = f"step {step}: NaN in rollout scores or KL; kept the policy of step {step - 1}"
-            break
-        if kl_mean > cfg.kl_max:
-            stopped = (f"step {step}: mean KL {kl_mean:.2f} nats per response exceeds ppo.kl_max {cfg.kl_max}; "
-                       f"kept the policy of step {step - 1}")
-            break
-        good_state = copy.deepcopy(policy.state_dict())
+
+    def update(batch: dict) -> dict | None:
         beta = kl_ctl.value
         stats = ppo_update(policy, opt, batch, cfg, g, rt)
         if stats.get("nan"):
-            stopped = f"step {step}: NaN loss in the PPO update; kept the policy of step {step - 1}"
-            break
-        kl_ctl.update(kl_mean, len(batch["replies"]))
-        rec = {"step": step, "reward": float(batch["rewards"].sum(1).mean()), "score": float(batch["scores"].mean()),
-               "kl": kl_mean, "kl_coef": beta, **stats, "response_length": float(batch["lengths"].mean()),
-               "end_rate": float(batch["ended"].mean()), "seconds": time.perf_counter() - ts}
-        log.append(rec)
-        bar.update(rec, {k: rec[k] for k in ("score", "kl", "kl_coef", "response_length")})
-    else:
-        good_state = policy.state_dict()
-    bar.close()
-    if stopped:
-        print(f"PPO stopped early: {stopped}")
-    policy.load_state_dict(good_state)
-    ckpt = save_bundle(out_dir / "checkpoint", policy.gpt, sft_ckpt,
-                       {"ppo_config": asdict(cfg), "steps": len(log), "stopped": stopped})
-    st.save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()}, str(ckpt / VALUE_HEAD_FILE))
-    write_log(log, out_dir)
-    last = log[-1] if log else {}
-    metrics = {"steps": len(log), "stopped": stopped, "final_kl_coef": kl_ctl.value,
-               **{f"last_{k}": last[k] for k in ("reward", "score", "kl", "response_length") if k in last},
-               "first_score": log[0]["score"] if log else None, "seconds": time.perf_counter() - t0}
+            return None
+        kl_ctl.update(float(batch["kl"].mean()), len(batch["replies"]))
+        return {"reward": float(batch["rewards"].sum(1).mean()), "kl_coef": beta, **stats}
+
+    log, stopped, ckpt = run_policy_loop(
+        cfg, "ppo", policy, gpt, prompts, lambda ps: rollout(policy, ref, rm, tok, ps, cfg, kl_ctl.value, sample_g, rt=rt),
+        update, g, out_dir, sft_ckpt, {"ppo_config": asdict(cfg)}, on_progress)
+    st.save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
+                 str(ckpt / VALUE_HEAD_FILE))
+    write_log(log, out_dir, LOG_FIELDS)
+    metrics = {**loop_metrics(log, stopped, out_dir, ("reward", "score", "kl", "response_length")),
+               "final_kl_coef": kl_ctl.value, "seconds": time.perf_counter() - t0}
     (out_dir / "metrics.json").write_text(json.dumps(split_timings(metrics)[0], indent=2))  # no wall times
     return metrics
-
-
-def write_log(log: Sequence[dict], out_dir: Path) -> None:
-    """Per-step statistics as log.json and log.csv (DVC plots), without the wall times (a DVC output)."""
-    log = [split_timings(r)[0] for r in log]
-    (out_dir / "log.json").write_text(json.dumps(log, indent=2))
-    with open(out_dir / "log.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(log)
