@@ -34,7 +34,7 @@ SMOKE_GPT = {"n_layer": 2, "n_head": 2, "n_embd": 64, "dropout": 0.0}
 SMOKE_BLOCK = 128
 SMOKE_STEPS = 3
 CODE = ("lmdata", "lmtrain", "flows")
-TRAINING = ("sft", "reward", "ppo", "dpo", "align_eval")
+TRAINING = ("sft", "reward", "judge", "ppo", "dpo", "align_eval")
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -100,6 +100,7 @@ def smoke_params(params: dict, profile: dict, bf16_ok: bool, steps: int = SMOKE_
             section["config"] = {**SMOKE_GPT, "block_size": common["block_size"]}
     small = {"sft": dict(epochs=1, max_response_tokens=16, samples=1, sample_max_new_tokens=8),
              "reward": dict(epochs=1, max_response_tokens=16),
+             "judge": dict(epochs=1, max_response_tokens=16),
              "dpo": dict(epochs=1, max_response_tokens=16),
              "ppo": dict(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=8, minibatch_size=4,
                          ppo_epochs=1),

@@ -1,15 +1,16 @@
-"""Stages `sft`, `reward`, `ppo`, `dpo` and `align_eval`: the InstructGPT chain on the balanced
+"""Stages `sft`, `reward`, `judge`, `ppo`, `dpo` and `align_eval`: the InstructGPT chain on the balanced
 instruction and comparison data. One Prefect flow per DVC stage; logic in lmtrain.
 
-    python -m flows.align sft|reward|ppo|dpo|evaluate [--params params.yaml]
+    python -m flows.align sft|reward|judge|ppo|dpo|evaluate [--params params.yaml]
 
-The reward stage trains two models on disjoint halves of the comparisons: `reward` (optimised by
-PPO) and `judge` (another seed; used only to grade policies in `align_eval`).
+`reward` (optimised by PPO; DPO trains on its half) and `judge` (from the pretrained GPT, another seed,
+the other half of the comparisons; used only to grade policies in `align_eval`) share no prompt.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from lmdata.errors import ConfigError
 from lmtrain.align.dpo import DPOConfig, train_dpo
 from lmtrain.align.evaluate import AlignEvalConfig, evaluate_alignment
 from lmtrain.align.ppo import PPOConfig, train_ppo
-from lmtrain.align.reward import RewardConfig, train_judge, train_reward
+from lmtrain.align.reward import JudgeConfig, RewardConfig, reward_model_agreement, train_judge, train_reward
 from lmtrain.align.sft import SFTConfig, train_sft
 from lmtrain.config import ConfigError as TrainConfigError
 from lmtrain.config import build_config
@@ -64,28 +65,54 @@ def sft(params: dict) -> dict:
     return m
 
 
+BY_SOURCE = ("accuracy_by_source", "pairs_by_source")
+
+
+def reward_rows(name: str, m: dict) -> list[dict]:
+    """Table rows of one reward model's held-out accuracy: all pairs, then per source."""
+    rows = [{"model": name, "pairs": f"all ({m.get('pairs', 0)}, {m.get('eval_split')})", "accuracy": m.get("accuracy"),
+             "length-matched accuracy": m.get("length_matched_accuracy"), "mean margin": m.get("mean_margin")}]
+    return rows + [{"model": name, "pairs": f"{source} ({m['pairs_by_source'][source]})", "accuracy": acc}
+                   for source, acc in (m.get("accuracy_by_source") or {}).items()]
+
+
 @flow(name="reward", log_prints=True)
 def reward(params: dict) -> dict:
     cfg = config(RewardConfig, params, "reward")
-    rm = train_reward(cfg, OUT / "sft/checkpoint", COMPARISONS, EVAL_COMPARISONS, OUT / "reward",
+    rm = train_reward(cfg, OUT / "sft/checkpoint", COMPARISONS, EVAL_COMPARISONS, OUT / "reward", EVAL_INSTRUCTIONS,
                       on_progress=ui_progress("reward-progress", f"reward model: {cfg.epochs} epochs over the comparisons"))
-    judge = train_judge(cfg, OUT / "sft/checkpoint", COMPARISONS, EVAL_COMPARISONS, OUT / "judge",
-                        on_progress=ui_progress("judge-progress", "judge: the second reward model (other half, seed)"))
-    by_source = ("accuracy_by_source", "pairs_by_source")
-    metrics = {**scalars(rm), **{k: rm.get(k) for k in by_source}, "calibration": rm.get("calibration"),
-               "judge": {**scalars(judge), **{k: judge.get(k) for k in by_source}}}
+    metrics = {**scalars(rm), **{k: rm.get(k) for k in BY_SOURCE}, "calibration": rm.get("calibration")}
     write_train_metrics("reward", metrics)
-    rows = [{"model": name, "pairs": "all held-out", "accuracy": m["accuracy"],
-             "length-matched accuracy": m.get("length_matched_accuracy"), "mean margin": m.get("mean_margin")}
-            for name, m in (("reward", rm), ("judge", judge))]
-    rows += [{"model": name, "pairs": f"{source} ({m['pairs_by_source'][source]})", "accuracy": acc}
-             for name, m in (("reward", rm), ("judge", judge))
-             for source, acc in (m.get("accuracy_by_source") or {}).items()]
-    create_markdown_artifact(key="reward-report", markdown="\n".join(["# reward models (held-out pairs)", "",
-                                                                      md_table(rows)]),
-                             description=f"reward models on held-out comparisons: accuracy {rm['accuracy']:.3f} "
-                                         f"(reward), {judge['accuracy']:.3f} (judge), by source")
-    print(f"reward: held-out accuracy {rm['accuracy']:.3f}, judge {judge['accuracy']:.3f}")
+    create_markdown_artifact(key="reward-report", markdown="\n".join(["# reward model (held-out pairs)", "",
+                                                                      md_table(reward_rows("reward", rm))]),
+                             description=f"reward model on held-out comparisons ({cfg.eval_split}): accuracy "
+                                         f"{rm['accuracy']:.3f}, by source")
+    print(f"reward: held-out ({cfg.eval_split}) accuracy {rm['accuracy']:.3f} on {rm['pairs']} pairs")
+    return metrics
+
+
+@flow(name="judge", log_prints=True)
+def judge(params: dict) -> dict:
+    cfg = config(JudgeConfig, params, "judge")
+    reward_subset = config(RewardConfig, params, "reward").subset
+    m = train_judge(cfg, OUT / "pretrain/gpt/checkpoint", COMPARISONS, EVAL_COMPARISONS, OUT / "judge", reward_subset,
+                    EVAL_INSTRUCTIONS, on_progress=ui_progress("judge-progress", f"judge: {cfg.epochs} epochs over "
+                                                                                  f"the other half, from the pretrained GPT"))
+    # does the judge still mirror the reward model? (read here, not in models/judge: that stays the judge's own)
+    rm_metrics = json.loads((OUT / "reward/metrics.json").read_text())
+    agree = reward_model_agreement(OUT / "reward/checkpoint", OUT / "judge/checkpoint", EVAL_COMPARISONS,
+                                   cfg.eval_split, cfg.max_response_tokens)
+    metrics = {**scalars(m), **{k: m.get(k) for k in BY_SOURCE}, "agreement_with_reward": agree,
+               "reward": {k: rm_metrics.get(k) for k in ("accuracy", "eval_split", *BY_SOURCE)}}
+    write_train_metrics("judge", metrics)
+    create_markdown_artifact(key="judge-report", markdown="\n".join([
+        "# judge vs reward model (held-out pairs)", "", md_table(reward_rows("judge", m) + reward_rows("reward", rm_metrics)),
+        "", f"On {agree['pairs']} held-out pairs they order {agree.get('same_order', 0):.1%} alike; both are wrong on "
+            f"{agree.get('both_wrong', 0):.1%}; margin correlation {agree.get('margin_correlation', float('nan')):.2f}."]),
+        description=f"judge on held-out comparisons: accuracy {m['accuracy']:.3f} beside the reward model's "
+                    f"{rm_metrics.get('accuracy')}, and how alike they rank")
+    print(f"judge: held-out ({cfg.eval_split}) accuracy {m['accuracy']:.3f} (reward {rounded(rm_metrics.get('accuracy'), 3)}), "
+          f"same order as the reward model on {agree.get('same_order', 0):.1%} of {agree['pairs']} pairs")
     return metrics
 
 
@@ -114,8 +141,9 @@ def ppo(params: dict) -> dict:
 @flow(name="dpo", log_prints=True)
 def dpo(params: dict) -> dict:
     cfg = config(DPOConfig, params, "dpo")
-    m = train_dpo(cfg, OUT / "sft/checkpoint", COMPARISONS, EVAL_COMPARISONS, OUT / "dpo",
-                  on_progress=ui_progress("dpo-progress", f"DPO: {cfg.epochs} epochs over the comparisons"))
+    subset = config(RewardConfig, params, "reward").subset  # the reward model's pairs: PPO and DPO learn alike
+    m = train_dpo(cfg, OUT / "sft/checkpoint", COMPARISONS, EVAL_COMPARISONS, OUT / "dpo", subset, EVAL_INSTRUCTIONS,
+                  on_progress=ui_progress("dpo-progress", f"DPO: {cfg.epochs} epochs over the reward model's pairs"))
     write_train_metrics("dpo", scalars(m))
     print(f"dpo: held-out loss {rounded(m.get('eval_loss'), 3)} in {m['seconds']:.0f} s")
     return m
@@ -156,7 +184,7 @@ def align_eval(params: dict) -> dict:
     return m
 
 
-STAGES = {"sft": sft, "reward": reward, "ppo": ppo, "dpo": dpo, "evaluate": align_eval}
+STAGES = {"sft": sft, "reward": reward, "judge": judge, "ppo": ppo, "dpo": dpo, "evaluate": align_eval}
 
 
 def main(argv: list[str] | None = None) -> dict:

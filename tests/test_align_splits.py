@@ -129,3 +129,39 @@ def test_default_derived_data_passes_every_disjointness_check(raw_sample):
         assert assert_disjoint(train, held, (name, "held-out"))["prompt_overlap"] == 0
     assert_disjoint(select_half(rows(comp, "train"), "half_a"), select_half(rows(comp, "train"), "half_b"),
                     ("reward half", "judge half"))
+
+
+def _write_jsonl(folder: Path, rows: list[dict]) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "part-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_every_training_stage_fails_on_an_overlap_before_loading_a_model(tmp_path):
+    """No model exists at `missing`: a stage that reached any work would fail with FileNotFoundError."""
+    from lmtrain.align.dpo import DPOConfig, train_dpo
+    from lmtrain.align.reward import JudgeConfig, RewardConfig, train_judge, train_reward
+    from lmtrain.align.sft import SFTConfig, train_sft
+
+    missing = tmp_path / "no-model"
+    pair = lambda i, split, prompt: {"id": f"c{i}", "split": split, "group": f"g:{i}", "source": "s",  # noqa: E731
+                                     "prompt": prompt, "chosen": f"right {i}", "rejected": f"wrong {i}"}
+    leaky = _write_jsonl(tmp_path / "leaky", [pair(0, "train", "Explain A"), pair(1, "train", "Explain B"),
+                                              pair(2, "eval", "explain  b")])
+    with pytest.raises(OverlapError, match=r"reward model training pairs \(all\) and held-out comparisons .* share 1 "):
+        train_reward(RewardConfig(subset="all"), missing, leaky, leaky, tmp_path / "rm")
+    with pytest.raises(OverlapError, match=r"DPO training pairs \(all\) and held-out comparisons"):
+        train_dpo(DPOConfig(), missing, leaky, leaky, tmp_path / "dpo", subset="all")
+    clean = _write_jsonl(tmp_path / "clean", [pair(0, "train", "Explain A"), pair(2, "eval", "Explain C")])
+    with pytest.raises(OverlapError, match=r"judge training pairs \(all\) and the all training pairs share 1 \(prompt, "):
+        train_judge(JudgeConfig(subset="all"), missing, clean, clean, tmp_path / "judge", reward_subset="all")
+    conv = lambda i, split, prompt: {"id": f"i{i}", "split": split, "group": f"g:{i}", "prompt": None,  # noqa: E731
+                                     "response": None, "messages": json.dumps([
+                                         {"role": "user", "content": prompt}, {"role": "assistant", "content": "r"}])}
+    ins = _write_jsonl(tmp_path / "ins", [conv(0, "train", "Explain C"), conv(1, "eval", "Explain D")])
+    with pytest.raises(OverlapError, match=r"evaluation prompts .* share 1 prompt"):
+        train_reward(RewardConfig(subset="all"), missing, clean, clean, tmp_path / "rm2", eval_prompts_dir=
+                     _write_jsonl(tmp_path / "eval_ins", [conv(1, "eval", "explain A")]))
+    with pytest.raises(OverlapError, match=r"SFT training conversations .* and held-out prompts .* share 1 \(prompt"):
+        train_sft(SFTConfig(), missing, ins, _write_jsonl(tmp_path / "ins_eval", [conv(0, "eval", "Explain C")]),
+                  tmp_path / "sft")

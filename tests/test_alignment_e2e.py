@@ -12,7 +12,7 @@ import torch
 from lmtrain.align.dpo import DPOConfig, train_dpo
 from lmtrain.align.evaluate import AlignEvalConfig, evaluate_alignment
 from lmtrain.align.ppo import LOG_FIELDS, PPOConfig, train_ppo
-from lmtrain.align.reward import RewardConfig, train_judge, train_reward
+from lmtrain.align.reward import JudgeConfig, RewardConfig, train_judge, train_reward
 from lmtrain.align.reward_model import load_reward_model, score_ids
 from lmtrain.align.sft import SFTConfig, train_sft
 from lmtrain.inference.chat import chat_loop
@@ -67,14 +67,15 @@ def chain(tmp_path_factory) -> dict:
     out["sft"] = train_sft(SFTConfig(epochs=4, batch_size=3, learning_rate=3e-3, samples=2, sample_max_new_tokens=8),
                            root / "init", root / "ins", root / "ins", root / "sft")
     sft = root / "sft" / "checkpoint"
-    rcfg = RewardConfig(epochs=3, batch_size=3, learning_rate=1e-3)
-    out["rm"] = train_reward(rcfg, sft, root / "cmp", root / "cmp", root / "rm")
-    out["judge"] = train_judge(rcfg, sft, root / "cmp", root / "cmp", root / "judge")
+    rcfg = RewardConfig(epochs=3, batch_size=3, learning_rate=1e-3, eval_split="all")
+    out["rm"] = train_reward(rcfg, sft, root / "cmp", root / "cmp", root / "rm", root / "ins")
+    jcfg = JudgeConfig(epochs=3, batch_size=3, learning_rate=1e-3, eval_split="all")  # from the pretrained model
+    out["judge"] = train_judge(jcfg, root / "init", root / "cmp", root / "cmp", root / "judge", rcfg.subset, root / "ins")
     pcfg = PPOConfig(steps=3, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=8, minibatch_size=2,
                      learning_rate=1e-3)
     out["ppo"] = train_ppo(pcfg, sft, root / "rm" / "checkpoint", root / "ins", root / "ppo")
-    out["dpo"] = train_dpo(DPOConfig(epochs=6, batch_size=4, learning_rate=3e-3), sft, root / "cmp", root / "cmp",
-                           root / "dpo")
+    out["dpo"] = train_dpo(DPOConfig(epochs=6, batch_size=4, learning_rate=3e-3, eval_split="all"), sft, root / "cmp",
+                           root / "cmp", root / "dpo", rcfg.subset, root / "ins")
     out["eval"] = evaluate_alignment(AlignEvalConfig(samples_per_prompt=2, max_new_tokens=8), sft,
                                      {"ppo": root / "ppo" / "checkpoint", "dpo": root / "dpo" / "checkpoint"},
                                      root / "judge" / "checkpoint", root / "ins", root / "eval")
@@ -92,6 +93,8 @@ def test_sft_learns_and_writes_samples(chain):
 def test_reward_and_judge_train_on_disjoint_halves_and_reload(chain):
     rm, judge = chain["rm"], chain["judge"]
     assert (rm["subset"], judge["subset"]) == ("half_a", "half_b") and rm["seed"] != judge["seed"]
+    assert judge["init"].endswith("init") and rm["init"].endswith("checkpoint")  # not the reward model's twin
+    assert judge["other_half_pairs_checked"] > 0 and rm["eval_prompts_checked"] == 3
     # i -> i+5 mod 12: three training pairs reject a held-out answer and are dropped
     assert rm["heldout_overlap_dropped"] + judge["heldout_overlap_dropped"] == 3
     assert rm["given_pairs"] + judge["given_pairs"] == 6
@@ -173,7 +176,7 @@ def test_dpo_micro_batches_accumulate_to_the_whole_batch(chain, tmp_path):
     runs = {}
     for micro in (0, 1):
         cfg = DPOConfig(epochs=1, batch_size=4, learning_rate=3e-3, micro_batch_size=micro, eval_batch_size=3)
-        train_dpo(cfg, sft, root / "cmp", root / "cmp", tmp_path / f"m{micro}")
+        train_dpo(cfg, sft, root / "cmp", root / "cmp", tmp_path / f"m{micro}", subset="all")  # both halves: > 1 step
         runs[micro] = json.loads((tmp_path / f"m{micro}" / "history.json").read_text())
     assert len(runs[0]) == len(runs[1]) > 1
     for whole, micro in zip(runs[0], runs[1]):

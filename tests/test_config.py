@@ -13,13 +13,13 @@ import yaml
 from lmtrain.align.dpo import DPOConfig
 from lmtrain.align.evaluate import AlignEvalConfig
 from lmtrain.align.ppo import PPOConfig
-from lmtrain.align.reward import RewardConfig
+from lmtrain.align.reward import JudgeConfig, RewardConfig
 from lmtrain.align.sft import SFTConfig
 from lmtrain.config import ConfigError, OptimConfig, RunConfig, build_config, pretrain_configs
 from lmtrain.pretrain.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig,
+SECTIONS = {"sft": SFTConfig, "reward": RewardConfig, "judge": JudgeConfig, "ppo": PPOConfig, "dpo": DPOConfig,
             "align_eval": AlignEvalConfig}
 
 

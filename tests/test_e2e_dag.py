@@ -38,6 +38,7 @@ def tiny_profile(params: dict) -> dict:
     params["pretrain"]["sample_tokens"] = 16
     params["sft"].update(epochs=1, max_response_tokens=16)
     params["reward"].update(epochs=1)
+    params["judge"].update(epochs=1)
     params["ppo"].update(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=8)
     params["dpo"].update(epochs=1)
     params["align_eval"].update(samples_per_prompt=1, max_new_tokens=8)
@@ -77,7 +78,8 @@ def test_dvc_repro_runs_the_whole_dag(tmp_path, prefect_server):
     assert all(0 < pre[m]["eval_bpb"] < 20 for m in pre)
     assert (repo / "models" / "pretrain" / "gpt" / "checkpoint" / "tokenizer" / "tokenizer.json").exists()
     reward = json.loads((metrics / "reward.json").read_text())
-    assert 0 <= reward["accuracy"] <= 1 and "judge" in reward
+    judge = json.loads((metrics / "judge.json").read_text())
+    assert 0 <= reward["accuracy"] <= 1 and 0 <= judge["accuracy"] <= 1 and "same_order" in judge["agreement_with_reward"]
     ev = json.loads((metrics / "align_eval.json").read_text())
     assert {"ppo", "dpo"} <= set(ev) and 0 <= ev["ppo"]["win_rate"] <= 1
     second = subprocess.run([dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
@@ -85,7 +87,7 @@ def test_dvc_repro_runs_the_whole_dag(tmp_path, prefect_server):
     assert_forced_rerun_is_byte_identical(repo, dvc, env)
 
 
-TRAINING = ("pretrain", "sft", "reward", "ppo", "dpo", "align_eval")
+TRAINING = ("pretrain", "sft", "reward", "judge", "ppo", "dpo", "align_eval")
 
 
 def assert_forced_rerun_is_byte_identical(repo: Path, dvc: str, env: dict) -> None:

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from lmtrain.align.pairs import mirror, pair_half, select_subset, training_pairs
+from lmtrain.align.pairs import mirror, training_pairs
 from lmtrain.align.reward import calibration_table
 from lmtrain.align.reward_model import RewardModel, bradley_terry_loss, pairwise_accuracy
 from lmtrain.models.gpt import GPT, GPTConfig
@@ -20,14 +20,6 @@ def test_bradley_terry_loss_on_known_numbers():
 
 def test_pairwise_accuracy_counts_strict_wins():
     assert pairwise_accuracy(torch.tensor([1.0, 2.0, 3.0, 0.5]), torch.tensor([0.0, 3.0, 1.0, 0.5])) == 0.5
-
-
-def test_halves_are_disjoint_and_cover_all_pairs():
-    pairs = [{"id": f"pair-{i}"} for i in range(200)]
-    a, b = select_subset(pairs, "half_a"), select_subset(pairs, "half_b")
-    assert {p["id"] for p in a}.isdisjoint(p["id"] for p in b)
-    assert len(a) + len(b) == 200 and 70 < len(a) < 130
-    assert all(pair_half(p["id"]) == "half_a" for p in a)
 
 
 def test_calibration_table_bins_both_orders():

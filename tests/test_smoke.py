@@ -23,7 +23,7 @@ from flows._smoke import (
 from lmtrain.align.dpo import DPOConfig
 from lmtrain.align.evaluate import AlignEvalConfig
 from lmtrain.align.ppo import PPOConfig
-from lmtrain.align.reward import RewardConfig
+from lmtrain.align.reward import JudgeConfig, RewardConfig
 from lmtrain.align.sft import SFTConfig
 from lmtrain.config import build_config, pretrain_configs
 from lmtrain.models.registry import build_model
@@ -51,7 +51,7 @@ def test_smoke_params_shrink_every_pretrained_model_and_keep_the_vocabulary():
 
 def test_smoke_params_put_every_alignment_stage_on_the_cpu_with_few_steps():
     p = smoke_params(PARAMS, GPU, bf16_ok=False)
-    configs = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig,
+    configs = {"sft": SFTConfig, "reward": RewardConfig, "judge": JudgeConfig, "ppo": PPOConfig, "dpo": DPOConfig,
                "align_eval": AlignEvalConfig}
     for name, cls in configs.items():
         cfg = build_config(cls, p[name], name)  # every override is a real field of the stage's config
@@ -143,7 +143,7 @@ def test_smoke_run_of_the_gpu_profile(tmp_path, raw_sample):
     states = dict(line.split()[:2] for line in proc.stdout.split("lmforge smoke: per stage\n")[1].splitlines()
                   if line.startswith("  "))
     for stage in ("sources-corpus@0", "evalset@corpus", "clean@corpus", "dedup@corpus", "filter@corpus",
-                  "tokenizer", "pretokenize", "pretrain", "sft", "reward", "ppo", "dpo", "align_eval"):
+                  "tokenizer", "pretokenize", "pretrain", "sft", "reward", "judge", "ppo", "dpo", "align_eval"):
         assert states[stage] == "ok", (stage, states)
     assert states.pop("fetch") == "replaced" and set(states.values()) == {"ok"}, states
     # <= 5 minutes of CPU: what the DAG costs on an idle 2-core box (wall time here depends on other load)

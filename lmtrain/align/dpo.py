@@ -2,8 +2,9 @@
 
 loss = -log σ(β·[(log π(y_c|x) - log π_ref(y_c|x)) - (log π(y_r|x) - log π_ref(y_r|x))]), with the
 log-probabilities summed over the reply tokens (responses cut to max_response_tokens, closed by
-`<|end|>` as in the reward model). The reference's log-probabilities are computed once up front, in
-chunks; each optimizer step's pairs go through the policy in micro-batches of `micro_batch_size`
+`<|end|>` as in the reward model). It trains on exactly the reward model's half of the comparisons, so
+PPO and DPO learn from the same preferences and neither from the judge's. The reference's
+log-probabilities are computed once up front, in chunks; each optimizer step's pairs go through the policy in micro-batches of `micro_batch_size`
 pairs (chosen and rejected together) with gradient accumulation, so memory stays bounded at any
 vocabulary size.
 """
@@ -21,9 +22,8 @@ import torch
 from torch.nn import functional as F
 
 from lmtrain.align.common import sequence_logprobs
-from lmtrain.align.pairs import select_subset, training_pairs
+from lmtrain.align.pairs import preference_data
 from lmtrain.config import OptimConfig
-from lmtrain.data.tables import read_comparisons
 from lmtrain.models.bundle import load_gpt, save_bundle
 from lmtrain.models.gpt import GPT
 from lmtrain.progress import Progress, split_timings
@@ -37,14 +37,14 @@ class DPOConfig(OptimConfig):
 
     beta: float = 0.1  # strength of the implicit KL constraint
     label_smoothing: float = 0.0  # conservative DPO: assumed share of flipped labels
-    epochs: int = 1  # ~1,470 pairs with mirrors on the sample: one epoch is ~110 s on a CPU
+    epochs: int = 1  # one epoch over the reward model's half (~600 pairs with mirrors on the sample)
     batch_size: int = 8  # pairs per optimizer step
     micro_batch_size: int = 0  # pairs per forward pass (gradient accumulation); 0 = the whole batch
     eval_batch_size: int = 32  # pairs per forward pass of the reference and of held-out scoring
     learning_rate: float = 1e-4
     warmup_steps: int = 3
     max_response_tokens: int = 64
-    subset: str = "all"  # all | half_a | half_b (see lmtrain.align.pairs.select_subset)
+    eval_split: str = "dev"  # held-out pairs for eval_loss / eval_reward_accuracy: dev | test | all
     mirror_pairs: bool = True  # as RewardConfig.mirror_pairs: the policy must read the prompt
     drop_unmirrored: bool = True  # as RewardConfig.drop_unmirrored
 
@@ -71,9 +71,13 @@ def pair_logprobs(model: GPT, rows: list[tuple], pad: int, chunk: int, rt: Runti
 
 
 def train_dpo(cfg: DPOConfig, sft_ckpt: str | Path, train_dir: str | Path, eval_dir: str | Path,
-              out_dir: str | Path, on_progress: Callable[[dict], None] | None = None) -> dict:
-    """Train a DPO policy from the SFT bundle; write out_dir/checkpoint and metrics.json."""
+              out_dir: str | Path, subset: str = "half_a", eval_prompts_dir: str | Path | None = None,
+              on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Train a DPO policy from the SFT bundle on `subset` of the comparisons (the reward model's:
+    reward.subset); write out_dir/checkpoint and metrics.json. Disjointness is checked before any work."""
     t0 = time.perf_counter()
+    fit, held_pairs, info = preference_data(train_dir, eval_dir, subset, cfg.eval_split, cfg.mirror_pairs,
+                                            cfg.drop_unmirrored, "DPO", eval_prompts_dir)
     rt = setup(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
     policy, tok = load_gpt(sft_ckpt, 0.0, rt.device)
     ref, _ = load_gpt(sft_ckpt, 0.0, rt.device)
@@ -90,13 +94,7 @@ def train_dpo(cfg: DPOConfig, sft_ckpt: str | Path, train_dir: str | Path, eval_
             out.append(((c[cut:], len(pr) - cut), (r[cut:], len(pr) - cut)))
         return out
 
-    held_pairs = read_comparisons(eval_dir, "eval")
-    all_train = read_comparisons(train_dir, "train")
-    fit, info = training_pairs(select_subset(all_train, cfg.subset), held_pairs, cfg.mirror_pairs,
-                               cfg.drop_unmirrored, replies={p["chosen"] for p in all_train + held_pairs})
     train, held = encode(fit), encode(held_pairs)
-    if not train:
-        raise ValueError(f"{train_dir}: no training comparisons in subset {cfg.subset!r}")
     ref_c, ref_r = pair_logprobs(ref, train, pad, cfg.eval_batch_size, rt)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -132,7 +130,8 @@ def train_dpo(cfg: DPOConfig, sft_ckpt: str | Path, train_dir: str | Path, eval_
             history.append(rec)
             bar.update(rec)
     bar.close()
-    metrics: dict = {"steps": step, "train_pairs": len(train), **info, "train_loss": history[-1]["loss"] if history else None}
+    metrics: dict = {"steps": step, "train_pairs": len(train), **info, "subset": subset, "eval_pairs": len(held),
+                     "train_loss": history[-1]["loss"] if history else None}
     if held:
         hc, hr = pair_logprobs(ref, held, pad, cfg.eval_batch_size, rt)
         pc, pr_ = pair_logprobs(policy, held, pad, cfg.eval_batch_size, rt)
@@ -141,7 +140,7 @@ def train_dpo(cfg: DPOConfig, sft_ckpt: str | Path, train_dir: str | Path, eval_
                        eval_reward_margin=float((rc - rr).mean()))
     metrics["seconds"] = time.perf_counter() - t0
     out_dir = Path(out_dir)
-    save_bundle(out_dir / "checkpoint", policy, sft_ckpt, {"dpo_config": asdict(cfg), "steps": step})
+    save_bundle(out_dir / "checkpoint", policy, sft_ckpt, {"dpo_config": asdict(cfg), "subset": subset, "steps": step})
     (out_dir / "metrics.json").write_text(json.dumps(split_timings(metrics)[0], indent=2))  # no wall times
     (out_dir / "history.json").write_text(json.dumps(history))
     return metrics

@@ -3,11 +3,13 @@
 A (prompt, response) pair is rendered as `<|endoftext|><|user|>prompt<|end|><|assistant|>response<|end|>`
 (response cut to `max_response_tokens`, the turn always closed) and scored by a linear head on the
 final hidden state, the `<|end|>`, which has attended to everything. Loss: -log σ(r_chosen - r_rejected
-- margin). A second *judge* model, trained on the other half of the pairs with another seed, grades
-policies so PPO is not graded by the model it optimised.
+- margin). A second *judge* model grades policies so PPO is not graded by the model it optimised. It is
+not the reward model's twin: it starts from the pretrained GPT (not the SFT model), with another seed,
+on the other half of the comparisons (halves by prompt group, so no prompt is in both; checked). It has
+the same size: the tiny GPT is the only pretrained model there is.
 
 The model, its scoring and its files are lmtrain.align.reward_model (PPO and the judge read it there);
-the pairs (halves, mirrors) are lmtrain.align.pairs.
+the pairs (mirrors, the checks) are lmtrain.align.pairs, who may see which pairs lmtrain.align.splits.
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ from pathlib import Path
 import torch
 
 from lmtrain.align.common import pad_batch
-from lmtrain.align.pairs import encode_pair, select_subset, training_pairs
+from lmtrain.align.pairs import encode_pair, preference_data
 from lmtrain.align.reward_model import (
     RewardModel,
     bradley_terry_loss,
+    load_reward_model,
     pairwise_accuracy,
     save_reward_model,
     score_ids,
 )
+from lmtrain.align.splits import on_side, with_groups
 from lmtrain.config import OptimConfig
 from lmtrain.data.tables import read_comparisons
 from lmtrain.models.bundle import load_gpt
@@ -39,8 +43,7 @@ from lmtrain.runtime import adamw, check_finite, cosine_lr, optimizer_step, set_
 
 @dataclass
 class RewardConfig(OptimConfig):
-    """params.yaml `reward` section (the judge uses the same fields, with judge_seed / judge_subset);
-    defaults equal params.yaml's."""
+    """params.yaml `reward` section; defaults equal params.yaml's."""
 
     epochs: int = 4  # passes over the training pairs (~510 pairs a half + mirrors on the sample)
     batch_size: int = 8  # pairs per optimizer step
@@ -55,11 +58,23 @@ class RewardConfig(OptimConfig):
     #                               for a familiar reply); pairs rejecting nobody's reply (shuffled text, human
     #                               preferences) are kept
     max_response_tokens: int = 32  # responses cut to this many tokens before the closing <|end|>
-    subset: str = "half_a"  # training pairs: all | half_a | half_b (halves split by a hash of the pair id)
-    judge_seed: int = 4242
-    judge_subset: str = "half_b"  # the judge's half: disjoint from `subset`
+    subset: str = "half_a"  # training pairs: all | half_a | half_b (halves by a hash of the prompt's group,
+    #                         lmtrain.align.splits); DPO trains on this same subset
+    eval_split: str = "dev"  # held-out pairs the reported accuracy is measured on: dev | test | all
     calibration_bins: int = 5  # bins of σ(r_c - r_r) in the calibration table
     length_match_tolerance: float = 0.1  # a pair is length-matched if |len_c - len_r| <= tol * max(len)
+
+
+
+@dataclass
+class JudgeConfig(RewardConfig):
+    """params.yaml `judge` section: a reward model that only grades policies, trained from the *pretrained*
+    GPT on the half of the comparisons the reward model does not see; defaults equal params.yaml's."""
+
+    seed: int = 4242
+    subset: str = "half_b"  # must share no prompt with reward.subset (checked before any work)
+    learning_rate: float = 3e-4
+    epochs: int = 4
 
 
 def calibration_table(r_chosen: torch.Tensor, r_rejected: torch.Tensor, bins: int) -> list[dict]:
@@ -111,41 +126,32 @@ def evaluate_pairs(model: RewardModel, tok, pairs: Sequence[dict], cfg: RewardCo
     }
 
 
-def train_reward(cfg: RewardConfig, sft_ckpt: str | Path, train_dir: str | Path, eval_dir: str | Path,
-                 out_dir: str | Path, seed: int | None = None, subset: str | None = None,
-                 on_progress: Callable[[dict], None] | None = None) -> dict:
-    """Train a reward model from the SFT bundle on comparisons; save it to out_dir/checkpoint.
+def train_reward(cfg: RewardConfig, init_ckpt: str | Path, train_dir: str | Path, eval_dir: str | Path,
+                 out_dir: str | Path, eval_prompts_dir: str | Path | None = None, not_subset: str | None = None,
+                 who: str = "reward model", on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Train a reward model from the bundle `init_ckpt` on cfg.subset of the comparisons; save it to
+    out_dir/checkpoint. Returns held-out metrics on the cfg.eval_split side (`accuracy`,
+    `length_matched_accuracy`, ...).
 
-    `seed`/`subset` override cfg.seed/cfg.subset: the judge is `train_reward(cfg, ..., seed=cfg.judge_seed,
-    subset=cfg.judge_subset)`. Returns held-out metrics (`accuracy`, `length_matched_accuracy`, ...).
+    Before any work the fitted pairs are checked against the held-out comparisons, the evaluation prompts
+    (`eval_prompts_dir`) and the pairs of `not_subset` (lmtrain.align.pairs.preference_data).
     """
     t0 = time.perf_counter()
-    seed = cfg.seed if seed is None else seed
-    subset = cfg.subset if subset is None else subset
-    rt = setup(cfg.device, cfg.dtype, seed, cfg.threads)
-    backbone, tok = load_gpt(sft_ckpt, cfg.dropout)
+    fit_pairs, eval_pairs, info = preference_data(train_dir, eval_dir, cfg.subset, cfg.eval_split, cfg.mirror_pairs,
+                                                  cfg.drop_unmirrored, who, eval_prompts_dir, not_subset)
+    rt = setup(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
+    backbone, tok = load_gpt(init_ckpt, cfg.dropout)
     model = RewardModel(backbone).to(rt.device).train()
     pad = tok.eot_id
-    all_train = read_comparisons(train_dir, "train")
-    train_pairs = select_subset(all_train, subset)
-    eval_pairs = read_comparisons(eval_dir, "eval")
-    if not train_pairs:
-        raise ValueError(f"{train_dir}: no training comparisons in subset {subset!r}")
-    fit_pairs, info = training_pairs(train_pairs, eval_pairs, cfg.mirror_pairs, cfg.drop_unmirrored,
-                                     replies={p["chosen"] for p in all_train + eval_pairs})
-    if not fit_pairs:
-        raise ValueError(f"{train_dir}: no training comparisons left in subset {subset!r} after dropping "
-                         f"{info['heldout_overlap_dropped']} that share a text with held-out answers")
     rows = [(encode_pair(tok, p["prompt"], p["chosen"], cfg.max_response_tokens)[-backbone.block_size:],
              encode_pair(tok, p["prompt"], p["rejected"], cfg.max_response_tokens)[-backbone.block_size:])
             for p in fit_pairs]
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     opt = adamw(model, cfg.weight_decay, cfg.learning_rate, (0.9, 0.95), rt.device.type)
-    g = torch.Generator().manual_seed(seed)  # data order: a CPU generator, the same on every device
+    g = torch.Generator().manual_seed(cfg.seed)  # data order: a CPU generator, the same on every device
     history, step = [], 0
-    bar = Progress(total, "judge" if subset == cfg.judge_subset and seed == cfg.judge_seed else "reward",
-                   cfg.progress, on_progress=on_progress)
+    bar = Progress(total, who.split()[0], cfg.progress, on_progress=on_progress)
     for epoch in range(cfg.epochs):
         order = torch.randperm(len(rows), generator=g).tolist()
         for b in range(steps_per_epoch):
@@ -156,7 +162,7 @@ def train_reward(cfg: RewardConfig, sft_ckpt: str | Path, train_dir: str | Path,
                 scores = model(rt.to_device(pad_batch(both, pad)), rt.to_device(lengths)).float()
             rc, rr = scores[:len(chunk)], scores[len(chunk):]
             loss = bradley_terry_loss(rc, rr, cfg.margin)
-            check_finite(loss, "reward", step, "lower reward.learning_rate")
+            check_finite(loss, who, step, f"lower {'judge' if who == 'judge' else 'reward'}.learning_rate")
             set_lr(opt, cosine_lr(step, total, cfg.learning_rate, cfg.warmup_steps, cfg.min_lr_ratio))
             loss.backward()
             optimizer_step(opt, model.parameters(), cfg.grad_clip)
@@ -167,21 +173,38 @@ def train_reward(cfg: RewardConfig, sft_ckpt: str | Path, train_dir: str | Path,
     bar.close()
     model.eval()
     metrics = evaluate_pairs(model, tok, eval_pairs, cfg)
-    metrics.update(train_accuracy=evaluate_pairs(model, tok, train_pairs, cfg)["accuracy"],
-                   train_pairs=len(fit_pairs), **info, subset=subset, seed=seed, steps=step,
-                   seconds=time.perf_counter() - t0)
+    metrics.update(train_accuracy=evaluate_pairs(model, tok, fit_pairs, cfg)["accuracy"],
+                   train_pairs=len(fit_pairs), **info, subset=cfg.subset, seed=cfg.seed, steps=step,
+                   init=str(init_ckpt), seconds=time.perf_counter() - t0)
     stable = split_timings(metrics)[0]  # the model folder is a DVC output: no wall times in it
-    save_reward_model(Path(out_dir) / "checkpoint", model, sft_ckpt, {"reward_config": asdict(cfg), **stable})
+    save_reward_model(Path(out_dir) / "checkpoint", model, init_ckpt, {"reward_config": asdict(cfg), **stable})
     (Path(out_dir) / "metrics.json").write_text(json.dumps(stable, indent=2))
     (Path(out_dir) / "history.json").write_text(json.dumps(history))
     return metrics
 
 
-def train_judge(cfg: RewardConfig, sft_ckpt: str | Path, train_dir: str | Path, eval_dir: str | Path,
-                out_dir: str | Path, on_progress: Callable[[dict], None] | None = None) -> dict:
-    """The judge: `train_reward` on cfg.judge_subset with cfg.judge_seed (only ever used to grade policies)."""
-    if cfg.judge_subset == cfg.subset and cfg.subset != "all":
-        raise ValueError(f"reward.judge_subset {cfg.judge_subset!r} equals reward.subset: the judge must not "
-                         f"share the reward model's pairs")
-    return train_reward(cfg, sft_ckpt, train_dir, eval_dir, out_dir, seed=cfg.judge_seed, subset=cfg.judge_subset,
-                        on_progress=on_progress)
+def train_judge(cfg: JudgeConfig, pretrain_ckpt: str | Path, train_dir: str | Path, eval_dir: str | Path,
+                out_dir: str | Path, reward_subset: str, eval_prompts_dir: str | Path | None = None,
+                on_progress: Callable[[dict], None] | None = None) -> dict:
+    """The judge: `train_reward` from the pretrained bundle on cfg.subset, which must share no prompt with
+    the reward model's `reward_subset` (only ever used to grade policies)."""
+    return train_reward(cfg, pretrain_ckpt, train_dir, eval_dir, out_dir, eval_prompts_dir, not_subset=reward_subset,
+                        who="judge", on_progress=on_progress)
+
+
+def reward_model_agreement(ckpt_a: str | Path, ckpt_b: str | Path, eval_dir: str | Path, eval_split: str,
+                           max_response_tokens: int) -> dict:
+    """Whether two reward models mirror each other on the held-out pairs of one side: the share of pairs
+    they order alike, the share both get wrong (shared blind spots), the correlation of their margins."""
+    pairs = on_side(with_groups(read_comparisons(eval_dir, "eval"), eval_dir), eval_split)
+    if not pairs:
+        return {"pairs": 0}
+    margins = []
+    for ckpt in (ckpt_a, ckpt_b):
+        model, tok = load_reward_model(ckpt)
+        ids = [[encode_pair(tok, p["prompt"], p[k], max_response_tokens) for p in pairs] for k in ("chosen", "rejected")]
+        margins.append(score_ids(model, ids[0], tok.eot_id) - score_ids(model, ids[1], tok.eot_id))
+    a, b = margins
+    corr = torch.corrcoef(torch.stack([a, b]))[0, 1] if len(pairs) > 1 else torch.tensor(float("nan"))
+    return {"pairs": len(pairs), "same_order": float(((a > 0) == (b > 0)).float().mean()),
+            "both_wrong": float(((a <= 0) & (b <= 0)).float().mean()), "margin_correlation": float(corr)}

@@ -4,7 +4,8 @@ Conversations are rendered with the chat template (`lmtrain.tokenizer.chat.rende
 only the tokens the assistant must produce (its replies and the `<|end|>` closing each), every other
 target is -1 (ignored by cross-entropy). Rows are right-padded: with causal attention a real token
 never attends to a pad that comes after it, and positions start at 0 in every row, exactly as at
-inference. Device, dtype, seeding, schedule and optimizer step: lmtrain.runtime.
+inference. Device, dtype, seeding, schedule and optimizer step: lmtrain.runtime. Before any work the
+training conversations are checked against every held-out prompt (lmtrain.align.splits.assert_disjoint).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from lmtrain.align.common import fenced, pad_batch
+from lmtrain.align.splits import assert_disjoint, conversation_rows, held_out_conversations
 from lmtrain.config import OptimConfig
 from lmtrain.data.tables import read_conversations
 from lmtrain.inference.generate import generate_replies
@@ -95,6 +97,9 @@ def train_sft(cfg: SFTConfig, init_ckpt: str | Path, train_dir: str | Path, eval
     prompt, reference and generated answer). Also writes out_dir/metrics.json and samples.md.
     """
     t0 = time.perf_counter()
+    assert_disjoint(conversation_rows(read_conversations(train_dir, "train")),  # the evaluation prompts never train
+                    [row for row, _ in held_out_conversations(eval_dir)],
+                    (f"SFT training conversations ({train_dir})", f"held-out prompts ({eval_dir})"))
     rt = setup(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
     out_dir = Path(out_dir)
     model, tok = load_gpt(init_ckpt, cfg.dropout, rt.device)
