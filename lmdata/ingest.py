@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import xxhash
 
-from lmdata.readers import READERS, REQUIRED, BadRecord, ConfigError, RawRecord, check_source
+from lmdata.readers import READERS, REQUIRED, BadRecord, ConfigError, RawRecord, Record, check_source
 from lmdata.schema import DATASETS, FIELD_COLUMNS
 from lmdata.shards import REJECTED_DIR, ShardWriter
-from lmdata.text import document_id, hash_hex, normalise_text, record_text
+from lmdata.text import document_id, normalise_text, normalise_texts, record_text
 
 ROLES = ("system", "user", "assistant")
+BATCH_RECORDS = 2048          # records normalised together (one regex scan and NFC check per batch)
+BATCH_CHARS = 16_000_000      # ... or fewer, so a batch of large documents stays small
 
 
 @dataclass
@@ -85,22 +88,25 @@ class BadField(ValueError):
         self.reason = reason
 
 
-def _clean_str(value: Any, name: str) -> str:
+def _clean_str(value: Any, name: str, normalised: str | None = None) -> str:
     if value is None:
         raise BadField("missing_field", f"field {name!r} is null")
     if not isinstance(value, str):
         raise BadField("wrong_type", f"field {name!r} is {type(value).__name__}, expected a string")
-    text = normalise_text(value)
+    text = normalise_text(value) if normalised is None else normalised
     if not text.strip():
         raise BadField("empty", f"field {name!r} is empty")
     return text
 
 
-def clean_fields(dataset: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """Check and normalise the fields `dataset` needs; raise BadField naming the field."""
+def clean_fields(dataset: str, fields: dict[str, Any], normalised: str | None = None) -> dict[str, Any]:
+    """Check and normalise the fields `dataset` needs; raise BadField naming the field. `normalised`:
+    the corpus text already normalised (by `normalise_texts` over a batch)."""
     for name in REQUIRED[dataset]:
         if name not in fields:
             raise BadField("missing_field", f"field {name!r} missing")
+    if dataset == "corpus":
+        return {"text": _clean_str(fields["text"], "text", normalised)}
     if dataset != "instructions":
         return {name: _clean_str(fields[name], name) for name in REQUIRED[dataset]}
     msgs = fields["messages"]
@@ -122,15 +128,15 @@ def clean_fields(dataset: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_row(rec: RawRecord, dataset: str, cfg: IngestConfig, fraction: float,
-           forced: frozenset[str], markup: str | None = None) -> tuple[dict, int]:
+           forced: frozenset[str], markup: str | None = None, normalised: str | None = None) -> tuple[dict, int]:
     """Turn a raw record into a row of `dataset`; raise BadField if it must be rejected.
     `markup` (the source spec's) is recorded in `meta.markup` for the clean stage."""
-    fields = clean_fields(dataset, rec.fields)
+    fields = clean_fields(dataset, rec.fields, normalised)
     text = record_text(dataset, fields)
-    n_bytes = len(text.encode("utf-8"))
+    n_bytes = len(data := text.encode("utf-8"))
     if n_bytes > cfg.max_doc_bytes:
         raise BadField("too_large", f"{n_bytes} bytes > ingest.max_doc_bytes={cfg.max_doc_bytes}")
-    chash = hash_hex(text)
+    chash = xxhash.xxh3_128_hexdigest(data)  # == hash_hex(text), without encoding it again
     group = rec.group or chash
     meta = dict(rec.meta)
     if rec.repaired_bytes:
@@ -169,6 +175,32 @@ def _raw_text(rec: RawRecord) -> str:
         return repr(rec.fields)
 
 
+def batches(records: Iterator[Record], dataset: str) -> Iterator[tuple[list[Record], list[str | None]]]:
+    """Records in batches, with each corpus record's text normalised together (None where the record
+    has no string text: `to_row` then rejects it as today)."""
+    batch: list[Record] = []
+    chars = 0
+    for rec in records:
+        batch.append(rec)
+        text = rec.fields.get("text") if isinstance(rec, RawRecord) else None
+        chars += len(text) if isinstance(text, str) else 0
+        if len(batch) >= BATCH_RECORDS or chars >= BATCH_CHARS:
+            yield batch, _normalised(batch, dataset)
+            batch, chars = [], 0
+    if batch:
+        yield batch, _normalised(batch, dataset)
+
+
+def _normalised(batch: list[Record], dataset: str) -> list[str | None]:
+    if dataset != "corpus":
+        return [None] * len(batch)
+    idx = [i for i, r in enumerate(batch) if isinstance(r, RawRecord) and isinstance(r.fields.get("text"), str)]
+    out: list[str | None] = [None] * len(batch)
+    for i, text in zip(idx, normalise_texts([batch[i].fields["text"] for i in idx]), strict=True):
+        out[i] = text
+    return out
+
+
 def ingest_source(spec: dict, dataset: str, cfg: IngestConfig, out_dir: Path) -> dict:
     """Read one source and write its kept and rejected shards under `out_dir`; return stats."""
     max_bytes = max(1, int(cfg.shard_max_mb * 1_000_000))
@@ -184,7 +216,8 @@ def ingest_source(spec: dict, dataset: str, cfg: IngestConfig, out_dir: Path) ->
     def split_of(group: str) -> str:  # lets derived-data readers keep pairs within one split
         return "eval" if is_eval(group, fraction, cfg.eval_salt, forced) else "train"
 
-    for rec in READERS[spec["type"]]({**spec, "_split_of": split_of}, dataset, cfg.invalid_utf8):
+    records = READERS[spec["type"]]({**spec, "_split_of": split_of}, dataset, cfg.invalid_utf8)
+    for rec, normalised in ((r, n) for batch, norm in batches(records, dataset) for r, n in zip(batch, norm)):
         rows_in += 1
         repaired += getattr(rec, "repaired_bytes", 0)
         if isinstance(rec, BadRecord):
@@ -193,7 +226,7 @@ def ingest_source(spec: dict, dataset: str, cfg: IngestConfig, out_dir: Path) ->
             by_reason[rec.reason] += 1
             continue
         try:
-            row, nbytes = to_row(rec, dataset, cfg, fraction, forced, spec.get("markup"))
+            row, nbytes = to_row(rec, dataset, cfg, fraction, forced, spec.get("markup"), normalised)
         except BadField as e:
             raw = rec.fields.get("text") if dataset == "corpus" and isinstance(rec.fields.get("text"), str) \
                 else _raw_text(rec)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -63,6 +64,15 @@ class ShardWriter:
             self.schema.update(REJECT_COLUMNS)
         self._writer = None
         self._tmp: Path | None = None
+        # Parquet encoding and zstd release the GIL: one row group is written in the background
+        # while the caller builds the next (memory: two row groups at most).
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending: Future | None = None
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
 
     def add(self, row: dict, nbytes: int) -> None:
         self.rows.append(row)
@@ -83,13 +93,15 @@ class ShardWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             self._writer = pq.ParquetWriter(self._tmp, table.schema, compression="zstd", compression_level=3)
-        self._writer.write_table(table)
+        self._wait()
+        self._pending = self._pool.submit(self._writer.write_table, table)
         self.shard_bytes += self.buffered
         self.rows, self.buffered = [], 0
 
     def _close_shard(self) -> None:
         if self.rows or self._writer is None:
             self._write_row_group()
+        self._wait()
         self._writer.close()
         path = self.folder / f"{self.prefix}-{len(self.paths):05d}.parquet"
         os.replace(self._tmp, path)
@@ -99,4 +111,5 @@ class ShardWriter:
     def close(self) -> list[Path]:
         if self.rows or self._writer is not None or not self.paths:
             self._close_shard()
+        self._pool.shutdown()
         return self.paths

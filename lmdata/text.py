@@ -12,6 +12,10 @@ import xxhash
 BOM = "\ufeff"
 # C0/C1 control characters except tab and newline; DEL too. CR is handled before (CRLF/CR -> LF).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Anything normalise_text would change besides NFC: BOM, CR, the controls above, surrogates.
+_DIRTY = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff\ud800-\udfff]")
+_ASCII_DIRTY = bytes([*range(0x00, 0x09), *range(0x0b, 0x20), 0x7f])  # the same, within ASCII
 
 
 class InvalidUTF8(ValueError):
@@ -52,9 +56,27 @@ def normalise_text(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
     text = unicodedata.normalize("NFC", text)
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
-        text = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+    if not text.isascii():
+        text = _SURROGATE.sub("\ufffd", text)
     return text
+
+
+def normalise_texts(texts: list[str]) -> list[str]:
+    """`normalise_text` over a batch, exactly, touching only the rows that need it. ASCII rows (most,
+    in most corpora) are checked together: one C pass deleting the ASCII controls and CR from their
+    concatenated bytes finds a clean batch at memory speed; other rows are scanned one by one."""
+    out = list(texts)
+    ascii_rows = [t for t in texts if t.isascii()]  # isascii is O(1): CPython stores the flag
+    joined = "".join(ascii_rows).encode("ascii")
+    if len(joined.translate(None, _ASCII_DIRTY)) != len(joined):
+        for i, t in enumerate(texts):
+            if t.isascii() and len(b := t.encode("ascii")) != len(b.translate(None, _ASCII_DIRTY)):
+                out[i] = normalise_text(t)
+    if len(ascii_rows) != len(texts):
+        for i, t in enumerate(texts):
+            if not t.isascii() and (_DIRTY.search(t) is not None or not unicodedata.is_normalized("NFC", t)):
+                out[i] = normalise_text(t)
+    return out
 
 
 def hash_hex(*parts: str) -> str:
