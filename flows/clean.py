@@ -15,8 +15,11 @@ from prefect.cache_policies import NO_CACHE
 from flows._stage import data_root, dataset_main, publish_metrics
 from lmdata.atomic import atomic_dir
 from lmdata.clean import CleanConfig, clean_shard
+from lmdata.errors import ConfigError
 from lmdata.runner import summarise
 from lmdata.shards import list_shards
+
+CLEAN_INPUTS = ("ingest", "plant")
 
 
 @task(name="clean-shard", cache_policy=NO_CACHE, retries=1)
@@ -38,8 +41,12 @@ def report_markdown(dataset: str, m: dict) -> str:
 @flow(name="clean", log_prints=True)
 def clean(dataset: str, params: dict) -> dict:
     """One task per ingest shard; shards land in `data/clean/<dataset>/` atomically."""
-    cfg = CleanConfig.from_dict(params.get("clean"))  # config errors raise before any work
-    in_dir = data_root(params) / "ingest" / dataset
+    section = dict(params.get("clean") or {})
+    source = section.pop("input", "ingest")  # the stage clean reads: ingest, or plant (the noise study)
+    if source not in CLEAN_INPUTS:
+        raise ConfigError(f"params: clean.input must be one of {CLEAN_INPUTS}, got {source!r}")
+    cfg = CleanConfig.from_dict(section)  # config errors raise before any work
+    in_dir = data_root(params) / source / dataset
     shards = list_shards(in_dir)
     t0 = time.perf_counter()
     with atomic_dir(data_root(params) / "clean" / dataset) as staging:
