@@ -42,9 +42,10 @@ def ui_progress(key: str, description: str, every_s: float = 1.0, every_pct: flo
     return throttled(update, every_s, every_pct)
 
 
-def render_ppo_png(log_csv: Path, png: Path) -> bool:
-    """Judge-free PPO curve: the reward model's mean score and the KL to the SFT policy per step, as two
-    panels, rendered offline with vl-convert. False (nothing written) without a log or vl-convert."""
+def render_ppo_png(log_csv: Path, png: Path, method: str = "PPO") -> bool:
+    """Judge-free training curve of PPO or RLOO (`method`): the reward model's mean score and the KL to the
+    SFT policy per step, as two panels, rendered offline with vl-convert. False (nothing written) without a
+    log or vl-convert."""
     import csv
 
     if not log_csv.exists():
@@ -66,7 +67,43 @@ def render_ppo_png(log_csv: Path, png: Path) -> bool:
                      "encoding": {"x": {"field": "step", "type": "quantitative"},
                                   "y": {"field": "value", "type": "quantitative", "scale": {"zero": False},
                                         "title": None}}},
-            "title": "PPO: score and KL per step"}
+            "title": f"{method}: score and KL per step"}
+    png.parent.mkdir(parents=True, exist_ok=True)
+    png.write_bytes(vl_convert.vegalite_to_png(spec, scale=2))
+    return True
+
+
+def render_curve_png(points: list[dict], png: Path) -> bool:
+    """The over-optimisation curve: proxy (reward model) and held-out (judge) score, each as the change from
+    SFT, and chrF against the reference, over the KL to SFT, one column per method. False without vl-convert."""
+    try:
+        import vl_convert
+    except ImportError:
+        return False
+    base = {(p["method"]): p for p in points if p["step"] == 0}
+    values = []
+    for p in points:
+        b = base.get(p["method"], p)
+        values += [{"method": p["method"], "step": p["step"], "kl": p["kl"], "panel": "score change from SFT",
+                    "series": "proxy (reward model)", "value": p["proxy_score"] - b["proxy_score"]},
+                   {"method": p["method"], "step": p["step"], "kl": p["kl"], "panel": "score change from SFT",
+                    "series": "held-out (judge)", "value": p["judge_score"] - b["judge_score"]},
+                   {"method": p["method"], "step": p["step"], "kl": p["kl"], "panel": "chrF vs reference",
+                    "series": "chrF", "value": p["chrf"]}]
+    if not values:
+        return False
+    spec = {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "data": {"values": values},
+            "facet": {"row": {"field": "panel", "type": "nominal", "title": None},
+                      "column": {"field": "method", "type": "nominal", "title": None}},
+            "resolve": {"scale": {"y": "independent"}},
+            "spec": {"width": 300, "height": 170, "mark": {"type": "line", "point": True},
+                     "encoding": {"x": {"field": "kl", "type": "quantitative", "title": "KL to SFT (nats per reply)"},
+                                  "y": {"field": "value", "type": "quantitative", "scale": {"zero": False},
+                                        "title": None},
+                                  "color": {"field": "series", "type": "nominal", "title": None},
+                                  "order": {"field": "step", "type": "quantitative"},
+                                  "tooltip": [{"field": "step"}, {"field": "kl"}, {"field": "value"}]}},
+            "title": "Over-optimisation: proxy vs held-out reward against KL (dev prompts)"}
     png.parent.mkdir(parents=True, exist_ok=True)
     png.write_bytes(vl_convert.vegalite_to_png(spec, scale=2))
     return True

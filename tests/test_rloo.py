@@ -1,6 +1,6 @@
 """RLOO: the leave-one-out advantage on a hand-made batch, the sequence-level clipped loss on known
-numbers, its config checks, and a tiny run that saves a checkpoint every N steps and refuses training
-prompts that are held out."""
+numbers, its config checks, a tiny run that saves a checkpoint every N steps and refuses training prompts
+that are held out; and the over-optimisation curve over that run's checkpoints."""
 
 import dataclasses
 import json
@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from lmtrain.align.curve import AlignCurveConfig, over_optimisation_curve
 from lmtrain.align.reward_model import RewardModel, save_reward_model
 from lmtrain.align.rl import saved_checkpoints
 from lmtrain.align.rloo import (
@@ -100,22 +101,51 @@ def instructions(folder: Path, train: list[str], held_out: list[str]) -> Path:
     return folder
 
 
-def test_rloo_run_saves_a_checkpoint_every_n_steps_and_a_loadable_policy(tiny):
+@pytest.fixture(scope="module")
+def run(tiny) -> dict:
     root = tiny["root"]
-    ins = instructions(root / "ins", ["Say a.", "Say b.", "Say c."], ["Say z."])
+    ins = instructions(root / "ins", ["Say a.", "Say b.", "Say c."], [f"Tell {w}." for w in "zyxwvu"])
     cfg = RLOOConfig(steps=4, prompts_per_step=2, samples_per_prompt=3, max_new_tokens=6, minibatch_size=3,
                      checkpoint_every=2, learning_rate=1e-3, temperature=0.8, progress=False)
-    m = train_rloo(cfg, root / "sft", root / "rm", ins, root / "out")
+    return {"ins": ins, "out": root / "out", "metrics": train_rloo(cfg, root / "sft", root / "rm", ins, root / "out")}
+
+
+def test_rloo_run_saves_a_checkpoint_every_n_steps_and_a_loadable_policy(tiny, run):
+    root, m = tiny["root"], run["metrics"]
     assert m["steps"] == 4 and m["stopped"] is None and m["checkpoint_steps"] == [2, 4]
-    assert [s for s, _ in saved_checkpoints(root / "out")] == [2, 4]
-    log = json.loads((root / "out" / "log.json").read_text())
+    assert [s for s, _ in saved_checkpoints(run["out"])] == [2, 4]
+    log = json.loads((run["out"] / "log.json").read_text())
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all("seconds" not in r for r in log)
-    assert (root / "out" / "log.csv").read_text().splitlines()[0] == ",".join(LOG_FIELDS)
-    final, _ = load_gpt(root / "out" / "checkpoint")
-    last, _ = load_gpt(saved_checkpoints(root / "out")[-1][1])
+    assert (run["out"] / "log.csv").read_text().splitlines()[0] == ",".join(LOG_FIELDS)
+    final, _ = load_gpt(run["out"] / "checkpoint")
+    last, _ = load_gpt(saved_checkpoints(run["out"])[-1][1])
     start, _ = load_gpt(root / "sft")
     assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), last.state_dict().values()))
     assert any(not torch.equal(a, b) for a, b in zip(final.state_dict().values(), start.state_dict().values()))
+
+
+def test_curve_scores_every_checkpoint_on_dev_prompts_and_picks_by_the_held_out_signal(tiny, run):
+    root = tiny["root"]
+    cfg = AlignCurveConfig(prompts=0, samples_per_prompt=2, max_new_tokens=6, temperature=0.8)
+    res = over_optimisation_curve(cfg, root / "sft", {"rloo": run["out"]}, root / "rm", root / "rm", run["ins"])
+    assert res["split"] == "dev" and 0 < res["prompts"] < 6  # the dev side only, never the test side
+    pts = res["points"]
+    assert [p["step"] for p in pts] == [0, 2, 4]
+    assert pts[0]["kl"] == 0 and pts[0]["judge_win_rate"] == 0.5 and all(p["kl"] != 0 for p in pts[1:])
+    assert all(0 <= p["chrf"] <= 100 and p["mean_length"] > 0 for p in pts)
+    best = max(pts, key=lambda p: (p["judge_score"], -p["step"]))
+    assert res["chosen"]["rloo"]["step"] == best["step"] and res["chosen"]["rloo"]["final_step"] == 4
+    # the proxy and the judge are the same model here, so they must pick the same step
+    assert res["chosen"]["rloo"]["proxy_would_pick_step"] == best["step"]
+    # a KL limit of 0 leaves only the SFT start to pick
+    tight = over_optimisation_curve(AlignCurveConfig(prompts=2, max_new_tokens=6, temperature=0.8, kl_limit=0.0),
+                                    root / "sft", {"rloo": run["out"]}, root / "rm", root / "rm", run["ins"])
+    assert tight["chosen"]["rloo"]["step"] == 0 and tight["prompts"] == min(2, res["prompts"])
+
+
+def test_curve_config_refuses_the_proxy_as_the_picking_signal():
+    with pytest.raises(ConfigError, match="pick_by"):
+        AlignCurveConfig(pick_by="proxy")
 
 
 def test_rloo_refuses_a_held_out_prompt_before_any_work(tiny):
