@@ -53,9 +53,15 @@ def scalars(m: dict) -> dict:
 @flow(name="sft", log_prints=True)
 def sft(params: dict) -> dict:
     cfg = config(SFTConfig, params, "sft")
-    m = train_sft(cfg, OUT / "pretrain/gpt/checkpoint", INSTRUCTIONS, EVAL_INSTRUCTIONS, OUT / "sft",
+    m = train_sft(cfg, cfg.init_from, INSTRUCTIONS, EVAL_INSTRUCTIONS, OUT / "sft",
                   on_progress=ui_progress("sft-progress", f"SFT: {cfg.epochs} epochs over the instructions"))
-    write_train_metrics("sft", scalars(m))
+    by_source = ("eval_loss_by_source", "eval_loss_before_by_source", "eval_conversations_by_source")
+    write_train_metrics("sft", {**scalars(m), **{k: m[k] for k in by_source}})
+    rows = [{"source (task)": src, "held-out conversations": n, "loss before": m["eval_loss_before_by_source"][src],
+             "loss after": m["eval_loss_by_source"][src]} for src, n in m["eval_conversations_by_source"].items()]
+    create_markdown_artifact(key="sft-by-source", markdown="\n".join(["# SFT held-out loss per source", "",
+                                                                      md_table(rows)]),
+                             description="SFT: held-out loss per instruction source (task) before and after")
     samples = OUT / "sft" / "samples.md"
     if samples.exists():
         create_markdown_artifact(key="sft-samples", markdown=samples.read_text(),

@@ -25,8 +25,10 @@ from lmdata.errors import ConfigError
 from lmtrain.align.common import fenced
 from lmtrain.config import ConfigError as TrainConfigError
 from lmtrain.config import pretrain_configs
+from lmtrain.data.shards import TokenShards
 from lmtrain.inference.generate import sample_text
 from lmtrain.models.bundle import attach_tokenizer, load_bundle
+from lmtrain.models.init import check_shards, is_none
 from lmtrain.pretrain.curves import render_loss_png
 from lmtrain.pretrain.train import TrainConfig, train
 from lmtrain.progress import rounded, split_timings
@@ -37,9 +39,25 @@ MODELS = ("bigram", "mlp", "gpt")
 def train_configs(params: dict) -> dict[str, TrainConfig]:
     """One TrainConfig per model: `pretrain.common` overridden by `pretrain.<model>`, type-checked."""
     try:
-        return pretrain_configs(params, TrainConfig, MODELS)
+        configs = pretrain_configs(params, TrainConfig, MODELS)
     except TrainConfigError as e:
         raise ConfigError(str(e)) from e
+    section = params.get("pretrain", {}) or {}
+    for where in ("common", *(m for m in MODELS if m != "gpt")):
+        if not is_none((section.get(where) or {}).get("init_from")):
+            raise ConfigError(f"pretrain.{where}.init_from: only the GPT starts from a model you have; set "
+                              "pretrain.gpt.init_from (the path dvc.yaml tracks as the pretrain stage's dependency)")
+    return configs
+
+
+def check_init(configs: dict[str, TrainConfig], train_dir: Path) -> None:
+    """Before any model trains: each model to start from must match the token shards' tokenizer."""
+    for name, cfg in configs.items():
+        if not is_none(cfg.init_from):
+            try:
+                check_shards(cfg.init_from, TokenShards(train_dir), f"pretrain.{name}.init_from")
+            except TrainConfigError as e:
+                raise ConfigError(str(e)) from e
 
 
 @task(name="train-model", cache_policy=NO_CACHE)
@@ -73,6 +91,7 @@ def pretrain(params: dict, only: list[str] | None = None) -> dict:
     tokens = Path(section.get("tokens", "data/tokens"))
     root = Path(section.get("out", "models/pretrain"))
     tok_dir = Path(section.get("tokenizer", "models/tokenizer"))
+    check_init({n: c for n, c in configs.items() if not only or n in only}, tokens / "train")
     results, timings = {}, {}
     for name, cfg in configs.items():
         if only and name not in only:

@@ -1,5 +1,6 @@
 """Stage `tokenizer`: train a byte-level BPE (or character) tokenizer from scratch on the training
-split of `tokenizer.input`, save it to `models/tokenizer/`, report bytes per token on the
+split of `tokenizer.input` — or, with `tokenizer.init_from`, adopt the tokenizer of the model to
+start from (lmtrain.tokenizer.adopt) — save it to `models/tokenizer/`, report bytes per token on the
 evaluation split and the longest / most frequent learned tokens.
 
     python -m flows.tokenizer [--params params.yaml]
@@ -22,7 +23,9 @@ from flows._stage import load_params, md_cell, publish_metrics
 from lmdata.atomic import atomic_dir
 from lmdata.errors import ConfigError
 from lmdata.shards import list_shards
+from lmtrain.config import ConfigError as TrainConfigError
 from lmtrain.tokenizer import DEFAULT_PATTERN, load_tokenizer, train_bpe, train_char
+from lmtrain.tokenizer.adopt import is_none, model_tokenizer
 
 KINDS = ("bpe", "char")
 
@@ -71,6 +74,21 @@ def describe(tok, eval_texts: list[str], top: int = 20) -> dict:
     }
 
 
+@task(name="adopt-tokenizer", cache_policy=NO_CACHE)
+def adopt_task(init_from: str, out: Path) -> dict:
+    """Save the tokenizer of the model at `init_from` (what pretokenize then encodes with)."""
+    tok = adopt(init_from)
+    tok.save(out)
+    return {"init_from": str(init_from), "vocab_size": tok.vocab_size, "hash": tok.hash}
+
+
+def adopt(init_from: str):
+    try:
+        return model_tokenizer(init_from, "tokenizer.init_from")
+    except TrainConfigError as e:
+        raise ConfigError(str(e)) from e
+
+
 @flow(name="tokenizer", log_prints=True)
 def tokenizer(params: dict) -> dict:
     cfg = dict(params.get("tokenizer", {}))
@@ -79,15 +97,20 @@ def tokenizer(params: dict) -> dict:
     cfg.setdefault("kind", "bpe")
     if not Path(cfg.get("input", "")).is_dir():
         raise ConfigError(f"tokenizer.input: no shard folder at {cfg.get('input')!r}")
+    init_from = cfg.get("init_from")
+    if not is_none(init_from):
+        adopt(init_from)  # a folder that holds no model or no tokenizer fails here, before any work
     out = Path(cfg.get("out", "models/tokenizer"))
     with atomic_dir(out) as staging:
-        trained = train_task(cfg, staging)
+        trained = train_task(cfg, staging) if is_none(init_from) else adopt_task(init_from, staging)
     tok = load_tokenizer(out)
     report = describe(tok, list(split_texts(Path(cfg.get("eval_input", cfg["input"])), "eval")))
-    metrics = {"kind": cfg["kind"], **trained, **report}
+    metrics = {"kind": tok.kind, **trained, **report}
     publish_metrics("tokenizer", None, metrics)
     md = [f"# tokenizer ({cfg['kind']}, vocab {tok.vocab_size})", "",
-          f"{report['eval_bytes_per_token']} bytes/token on the evaluation split; trained in {trained['train_seconds']} s",
+          f"{report['eval_bytes_per_token']} bytes/token on the evaluation split; "
+          + (f"trained in {trained['train_seconds']} s" if "train_seconds" in trained else
+             f"adopted from {trained['init_from']}"),
           "", "| most frequent | count | longest | bytes |", "|---|---:|---|---:|"]
     md += [f"| {md_cell(repr(f['token']))} | {f['count']} | {md_cell(repr(lg['token']))} | {lg['bytes']} |"
            for f, lg in zip(report["most_frequent"], report["longest"])]

@@ -93,7 +93,9 @@ def expanded_stages() -> dict[str, dict]:
         if "foreach" not in stage:
             out[name] = stage
             continue
-        for item in stage["foreach"]:
+        # a params reference (`${evaluate.models}`) stands for one stage: every item has the same code deps
+        items = stage["foreach"] if isinstance(stage["foreach"], list) else ["params"]
+        for item in items:
             text = yaml.safe_dump(stage["do"]).replace("${item}", str(item))
             out[f"{name}@{item}"] = yaml.safe_load(text)
     return out

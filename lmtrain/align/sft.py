@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,10 +24,12 @@ from torch.nn import functional as F
 from lmtrain.align.common import fenced, pad_batch
 from lmtrain.align.splits import assert_disjoint, conversation_rows, held_out_conversations
 from lmtrain.config import OptimConfig
-from lmtrain.data.tables import read_conversations
+from lmtrain.data.tables import read_conversations, read_table
 from lmtrain.inference.generate import generate_replies
-from lmtrain.models.bundle import load_gpt, save_bundle
+from lmtrain.models.bundle import TOKENIZER_DIR
+from lmtrain.models.checkpoint import save_checkpoint
 from lmtrain.models.gpt import GPT
+from lmtrain.models.init import load_init
 from lmtrain.progress import Progress, split_timings
 from lmtrain.runtime import Runtime, adamw, check_finite, cosine_lr, optimizer_step, set_lr, setup
 from lmtrain.tokenizer.chat import prompt_ids, render, stop_ids
@@ -47,6 +50,8 @@ class SFTConfig(OptimConfig):
     sample_max_new_tokens: int = 64
     sample_temperature: float = 0.7
     sample_top_k: int = 50  # 0 = off
+    init_from: str = "models/pretrain/gpt/checkpoint"  # the GPT to fine-tune: this run's, another lmforge
+    #                                                    checkpoint or a HF GPT-2 folder (lmtrain.models.init)
 
 
 def truncate_turns(messages: Sequence[dict], max_tokens: int, tok) -> list[dict]:
@@ -89,6 +94,15 @@ def heldout_loss(model: GPT, examples: Sequence[tuple[list[int], list[int]]], pa
     return total / max(1, count)
 
 
+def loss_by_source(model: GPT, examples: Sequence[tuple[list[int], list[int]]], sources: Sequence[str], pad: int,
+                   batch_size: int, rt: Runtime | None = None) -> dict[str, float]:
+    """Held-out loss per instruction source (task): what each part of a mixture is learning."""
+    if len(sources) != len(examples):
+        raise ValueError(f"{len(sources)} sources for {len(examples)} held-out conversations")
+    return {src: heldout_loss(model, [e for e, s in zip(examples, sources) if s == src], pad, batch_size, rt)
+            for src in sorted(set(sources))}
+
+
 def train_sft(cfg: SFTConfig, init_ckpt: str | Path, train_dir: str | Path, eval_dir: str | Path,
               out_dir: str | Path, on_progress: Callable[[dict], None] | None = None) -> dict:
     """Fine-tune the bundle `init_ckpt` on the instructions in train_dir/eval_dir; write out_dir/checkpoint.
@@ -102,7 +116,8 @@ def train_sft(cfg: SFTConfig, init_ckpt: str | Path, train_dir: str | Path, eval
                     (f"SFT training conversations ({train_dir})", f"held-out prompts ({eval_dir})"))
     rt = setup(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
     out_dir = Path(out_dir)
-    model, tok = load_gpt(init_ckpt, cfg.dropout, rt.device)
+    model, tok = load_init(init_ckpt, "gpt", cfg.dropout, "sft.init_from")
+    model = model.to(rt.device)
     max_len = min(cfg.max_len or model.block_size, model.block_size)
     pad = tok.eot_id
 
@@ -118,7 +133,10 @@ def train_sft(cfg: SFTConfig, init_ckpt: str | Path, train_dir: str | Path, eval
     total = cfg.epochs * steps_per_epoch
     opt = adamw(model, cfg.weight_decay, cfg.learning_rate, (0.9, 0.95), rt.device.type)
     g = torch.Generator().manual_seed(cfg.seed)  # data order: a CPU generator, the same on every device
+    eval_sources = [r.get("source") or "" for r in read_table(eval_dir, ["id", "split"], optional=["source"])
+                    if r["split"] == "eval"]  # the same rows in the same order as eval_convs (both sorted by id)
     loss_before = heldout_loss(model, eval_ex, pad, cfg.batch_size, rt) if eval_ex else float("nan")
+    by_source_before = loss_by_source(model, eval_ex, eval_sources, pad, cfg.batch_size, rt)
     history: list[dict] = []
     step = 0
     bar = Progress(total, "sft", cfg.progress, on_progress=on_progress)
@@ -140,11 +158,15 @@ def train_sft(cfg: SFTConfig, init_ckpt: str | Path, train_dir: str | Path, eval
     bar.close()
     model.eval()
     loss_after = heldout_loss(model, eval_ex, pad, cfg.batch_size, rt) if eval_ex else float("nan")
+    by_source = loss_by_source(model, eval_ex, eval_sources, pad, cfg.batch_size, rt)
     samples = sample_answers(model, tok, eval_convs[:cfg.samples], cfg, rt)
-    save_bundle(out_dir / "checkpoint", model, init_ckpt, {"sft_config": asdict(cfg), "steps": step})
+    tok.save(save_checkpoint(out_dir / "checkpoint", model, state={"sft_config": asdict(cfg), "steps": step})
+             / TOKENIZER_DIR)  # the tokenizer it was fine-tuned with (a GPT-2 one gained the chat markers)
     metrics = {"eval_loss": loss_after, "eval_loss_before": loss_before,
                "train_loss": history[-1]["train_loss"] if history else float("nan"), "steps": step,
                "train_conversations": len(train_ex), "eval_conversations": len(eval_ex),
+               "eval_loss_by_source": by_source, "eval_loss_before_by_source": by_source_before,
+               "eval_conversations_by_source": dict(sorted(Counter(eval_sources).items())),
                "seconds": time.perf_counter() - t0}
     (out_dir / "metrics.json").write_text(json.dumps(split_timings(metrics)[0], indent=2))  # no wall times
     (out_dir / "samples.md").write_text(samples_markdown(samples))

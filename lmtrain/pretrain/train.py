@@ -29,6 +29,7 @@ from lmtrain.data.shards import TokenShards
 from lmtrain.data.windows import RandomWindows
 from lmtrain.models.checkpoint import load_training_state, save_checkpoint
 from lmtrain.models.flops import flops_per_token, measured_matmul_peak, utilisation
+from lmtrain.models.init import check_shards, is_none, load_init
 from lmtrain.models.registry import build_model
 from lmtrain.pretrain.curves import render_loss_png, write_curves
 from lmtrain.pretrain.evaluate import evaluate_loss, multiple_choice_accuracy, multiple_choice_items
@@ -71,6 +72,8 @@ class TrainConfig(OptimConfig):
     mc_continuation: int = 32  # tokens per choice
     checkpoint_interval: int = 0  # steps between checkpoints; 0 = only at the end
     resume: bool = True  # continue from <out>/checkpoint if present
+    init_from: str | None = None  # start from this lmforge checkpoint or HF GPT-2 folder (its own config and
+    #                               vocabulary) instead of random weights; null or init/none = from scratch
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -104,9 +107,14 @@ def train(cfg: TrainConfig, train_dir: str | Path, eval_dir: str | Path, out_dir
             raise ValueError(f"{field} differs between {train_dir} and {eval_dir}: "
                              f"{getattr(train_shards, field)!r} vs {getattr(eval_shards, field)!r}")
     overrides = {"dropout": cfg.dropout} if cfg.dropout >= 0 and cfg.model != "bigram" else {}
-    if cfg.model == "gpt" and cfg.vocab_multiple > 1:
-        overrides["vocab_multiple"] = cfg.vocab_multiple
-    model = build_model(cfg.model, cfg.config, vocab_size=train_shards.vocab_size, **overrides).to(device)
+    if is_none(cfg.init_from):
+        if cfg.model == "gpt" and cfg.vocab_multiple > 1:
+            overrides["vocab_multiple"] = cfg.vocab_multiple
+        model = build_model(cfg.model, cfg.config, vocab_size=train_shards.vocab_size, **overrides).to(device)
+    else:  # before any work: the shards must have been encoded with the model's own tokenizer
+        check_shards(cfg.init_from, train_shards, f"pretrain.{cfg.model}.init_from")
+        model = load_init(cfg.init_from, cfg.model, overrides.get("dropout"), f"pretrain.{cfg.model}.init_from")[0]
+        model = model.to(device)
     block = cfg.block_size or model.block_size
     if block > model.block_size:
         raise ValueError(f"TrainConfig.block_size {block} exceeds the model's block_size {model.block_size}")
@@ -238,7 +246,8 @@ def final_metrics(cfg: TrainConfig, model: torch.nn.Module, eval_shards: TokenSh
             mc = multiple_choice_accuracy(model, items)
     fpt = flops_per_token(model, block)
     util = utilisation(tokens_per_s / rt.world, fpt, rt.device, rt.dtype, measured_matmul_peak(rt.device, rt.dtype))
-    return {"model": cfg.model, "config": cfg.config, "params": model.num_params(),
+    started = {} if is_none(cfg.init_from) else {"init_from": str(cfg.init_from)}
+    return {"model": cfg.model, "config": cfg.config, **started, "params": model.num_params(),
             "train_loss": history["train"][-1]["train_loss"] if history["train"] else None,
             **ev, "mc_accuracy": mc, "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": tokens_per_s / rt.world,
             "flops_per_token": fpt, **util, "dtype": str(rt.dtype).removeprefix("torch."),

@@ -1,0 +1,142 @@
+"""`init_from`: continued pretraining and SFT from a local HF GPT-2 folder or an lmforge checkpoint, with
+the model's own tokenizer end to end; a vocabulary that differs from the token shards' fails before work."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from flows.pretrain import check_init, train_configs  # noqa: E402
+from flows.tokenizer import adopt_task  # noqa: E402
+from lmdata.errors import ConfigError  # noqa: E402
+from lmtrain.align.sft import SFTConfig, train_sft  # noqa: E402
+from lmtrain.config import ConfigError as TrainConfigError  # noqa: E402
+from lmtrain.data.shards import TokenShards, write_token_shard  # noqa: E402
+from lmtrain.models.bundle import attach_tokenizer, load_bundle  # noqa: E402
+from lmtrain.models.checkpoint import load_model  # noqa: E402
+from lmtrain.models.hf import import_hf  # noqa: E402
+from lmtrain.models.init import NO_INIT, is_none, load_init  # noqa: E402
+from lmtrain.pretrain.train import TrainConfig, train  # noqa: E402
+from lmtrain.tokenizer import load_tokenizer, train_bpe  # noqa: E402
+from lmtrain.tokenizer.adopt import model_tokenizer  # noqa: E402
+from lmtrain.tokenizer.chat import DEFAULT_SPECIALS, EOT  # noqa: E402
+from lmtrain.tokenizer.gpt2 import gpt2_tokenizer  # noqa: E402
+from tests.test_hf_interop import write_tiny_bpe  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXTS = [f"the {w} there, {n} others{'!' * (n % 3)}\nthe other one {w}ll rather go" for n in range(40)
+         for w in ("fall", "tell", "herald", "Ther", "héllo")]
+GPT2_VOCAB = 263  # write_tiny_bpe: 256 bytes + 6 merges + <|endoftext|>
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory) -> Path:
+    """A tiny random transformers GPT2LMHeadModel saved with a GPT-2 vocab.json + merges.txt."""
+    folder = tmp_path_factory.mktemp("hf")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=GPT2_VOCAB, n_positions=32, n_embd=16, n_layer=2, n_head=2)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(folder, safe_serialization=True)
+    write_tiny_bpe(folder)
+    return folder
+
+
+def tokens(root: Path, tok) -> tuple[Path, Path]:
+    """Token shards of TEXTS encoded with `tok`, as pretokenize writes them."""
+    write_token_shard(TEXTS[:160], tok, root / "train" / "part0.bin")
+    write_token_shard(TEXTS[160:], tok, root / "eval" / "part0.bin")
+    return root / "train", root / "eval"
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(model="gpt", block_size=16, batch_size=4, max_steps=3, warmup_steps=1, log_interval=1,
+                eval_interval=3, eval_batches=1, eval_batch_size=4, mc_items=0, progress=False, device="cpu",
+                resume=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_gpt2_tokenizer_encodes_like_transformers_and_gains_the_chat_markers(hf_dir):
+    ours = model_tokenizer(hf_dir)
+    theirs = transformers.GPT2Tokenizer(str(hf_dir / "vocab.json"), str(hf_dir / "merges.txt"))
+    for text in ["the other there, héllo  wörld 123! ... they'll\n\nthe", *TEXTS[:5]]:
+        assert ours.encode(text) == theirs.encode(text)
+        assert ours.decode(ours.encode(text)) == text
+    assert ours.special_tokens[EOT] == GPT2_VOCAB - 1  # GPT-2's ids are kept ...
+    assert ours.vocab_size == GPT2_VOCAB + len(DEFAULT_SPECIALS) - 1  # ... the chat markers come after them
+    assert gpt2_tokenizer(hf_dir).vocab_size == GPT2_VOCAB
+
+
+def test_continued_pretraining_from_a_hf_folder_changes_the_weights_and_keeps_its_tokenizer(hf_dir, tmp_path):
+    adopted = adopt_task.fn(str(hf_dir), tmp_path / "tokenizer")  # the tokenizer stage, given tokenizer.init_from
+    tok = load_tokenizer(tmp_path / "tokenizer")
+    assert adopted["hash"] == tok.hash and tok.encode(TEXTS[0]) == gpt2_tokenizer(hf_dir).encode(TEXTS[0])
+    train_dir, eval_dir = tokens(tmp_path / "tokens", tok)
+    metrics = train(config(init_from=str(hf_dir)), train_dir, eval_dir, tmp_path / "out")
+    start, _ = import_hf(hf_dir)
+    after = load_model(tmp_path / "out" / "checkpoint")
+    assert after.config.vocab_size == tok.vocab_size == TokenShards(train_dir).vocab_size
+    assert (after.config.n_layer, after.config.n_embd, after.config.block_size) == (2, 16, 32)  # its own config
+    w0, w1 = start.state_dict(), after.state_dict()
+    assert not torch.equal(w0["transformer.h.0.attn.c_attn.weight"], w1["transformer.h.0.attn.c_attn.weight"])
+    assert metrics["init_from"] == str(hf_dir) and metrics["eval_bpb"] > 0
+
+
+def test_new_chat_markers_start_at_the_mean_embedding(hf_dir):
+    start, _ = import_hf(hf_dir)
+    model, tok = load_init(hf_dir, "gpt")
+    rows = model.transformer.wte.weight.detach()
+    assert torch.equal(rows[:GPT2_VOCAB], start.transformer.wte.weight.detach())
+    assert torch.allclose(rows[GPT2_VOCAB:], start.transformer.wte.weight.detach().mean(0).expand(4, -1))
+    x = torch.tensor([tok.encode(TEXTS[0])[:32]])
+    with torch.no_grad():  # the old vocabulary's logits are unchanged
+        torch.testing.assert_close(model.eval()(x)[0][..., :GPT2_VOCAB], start(x)[0])
+
+
+def test_continued_pretraining_from_an_lmforge_checkpoint(tmp_path):
+    tok = train_bpe(TEXTS, vocab_size=300)
+    train_dir, eval_dir = tokens(tmp_path / "tokens", tok)
+    train(config(config="smoke"), train_dir, eval_dir, tmp_path / "base")
+    attach_tokenizer(tmp_path / "base" / "checkpoint", tok.save(tmp_path / "tok"))
+    train(config(init_from=str(tmp_path / "base" / "checkpoint"), learning_rate=1e-2), train_dir, eval_dir,
+          tmp_path / "more")
+    base, more = load_model(tmp_path / "base" / "checkpoint"), load_model(tmp_path / "more" / "checkpoint")
+    assert base.config == more.config
+    assert not torch.equal(base.lm_head.weight, more.lm_head.weight)
+
+
+def test_a_vocabulary_mismatch_fails_before_any_work(hf_dir, tmp_path):
+    other = train_bpe(TEXTS, vocab_size=300)  # the shards were encoded with a tokenizer trained here
+    train_dir, eval_dir = tokens(tmp_path / "tokens", other)
+    with pytest.raises(TrainConfigError, match=r"vocabulary of 267 .* have 300 .*tokenizer\.init_from"):
+        train(config(init_from=str(hf_dir)), train_dir, eval_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    params = {"pretrain": {"models": ["gpt"], "gpt": {"init_from": str(hf_dir)}}}
+    with pytest.raises(ConfigError, match="vocabulary of 267"):  # the stage checks every model first
+        check_init(train_configs(params), train_dir)
+    with pytest.raises(ConfigError, match="pretrain.gpt.init_from"):  # DVC tracks only the GPT's
+        train_configs({"pretrain": {"common": {"init_from": str(hf_dir)}}})
+
+
+def test_sft_from_an_imported_checkpoint_reports_loss_per_source(hf_dir, tmp_path):
+    for split in ("train", "eval"):
+        rows = [{"id": f"{split}{i}", "split": split, "source": src, "prompt": f"the {w} {split} {i}?",
+                 "response": f"the other {w}ll go", "messages": None}
+                for i, (src, w) in enumerate([("shakespeare", "fall"), ("pydoc", "tell")] * 4)]
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "part0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = SFTConfig(epochs=1, batch_size=4, samples=1, sample_max_new_tokens=4, progress=False, device="cpu",
+                    init_from=str(hf_dir))
+    m = train_sft(cfg, cfg.init_from, tmp_path / "train", tmp_path / "eval", tmp_path / "sft")
+    model, tok = load_bundle(tmp_path / "sft" / "checkpoint")
+    assert tok.hash == model_tokenizer(hf_dir).hash and model.config.vocab_size == tok.vocab_size
+    assert set(m["eval_loss_by_source"]) == set(m["eval_loss_before_by_source"]) == {"shakespeare", "pydoc"}
+    assert m["eval_conversations_by_source"] == {"pydoc": 4, "shakespeare": 4}
+    assert m["eval_loss"] < m["eval_loss_before"]
+
+
+def test_the_default_placeholder_means_from_scratch():
+    assert is_none(ROOT / NO_INIT) and is_none(None) and not is_none(ROOT / "flows")
+    with pytest.raises(TrainConfigError, match="neither model.json"):
+        load_init(ROOT / "flows")
