@@ -33,7 +33,7 @@ from flows._errors import UsageError
 SMOKE_GPT = {"n_layer": 2, "n_head": 2, "n_embd": 64, "dropout": 0.0}
 SMOKE_BLOCK = 128
 SMOKE_STEPS = 3
-CODE = ("lmdata", "lmtrain", "flows")
+CODE = ("lmdata", "lmtrain", "flows", "init")  # init/none: the placeholder init_from path dvc.yaml tracks
 TRAINING = ("sft", "reward", "judge", "ppo", "dpo", "align_eval")
 
 

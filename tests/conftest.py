@@ -76,7 +76,7 @@ def python_env(**extra: str) -> dict:
 
 def copy_project(dest: Path) -> Path:
     """Copy the code a DVC pipeline needs (not data, not the venv) into `dest`."""
-    for name in ("lmdata", "lmtrain", "flows"):
+    for name in ("lmdata", "lmtrain", "flows", "init"):  # init/none: the placeholder init_from path dvc.yaml tracks
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, dest / name)
