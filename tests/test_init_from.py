@@ -119,11 +119,11 @@ def test_a_vocabulary_mismatch_fails_before_any_work(hf_dir, tmp_path):
         train_configs({"pretrain": {"common": {"init_from": str(hf_dir)}}})
 
 
-def test_sft_from_an_imported_checkpoint_reports_loss_per_source(hf_dir, tmp_path):
+def test_sft_from_an_imported_checkpoint_follows_the_mixture_and_reports_loss_per_source(hf_dir, tmp_path):
     for split in ("train", "eval"):
         rows = [{"id": f"{split}{i}", "split": split, "source": src, "prompt": f"the {w} {split} {i}?",
-                 "response": f"the other {w}ll go", "messages": None}
-                for i, (src, w) in enumerate([("shakespeare", "fall"), ("pydoc", "tell")] * 4)]
+                 "response": f"the other {w}ll go", "messages": None, "repeats": n}  # balance: pydoc weighs 2x
+                for i, (src, w, n) in enumerate([("shakespeare", "fall", 1), ("pydoc", "tell", 2)] * 4)]
         (tmp_path / split).mkdir()
         (tmp_path / split / "part0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = SFTConfig(epochs=1, batch_size=4, samples=1, sample_max_new_tokens=4, progress=False, device="cpu",
@@ -133,6 +133,7 @@ def test_sft_from_an_imported_checkpoint_reports_loss_per_source(hf_dir, tmp_pat
     assert tok.hash == model_tokenizer(hf_dir).hash and model.config.vocab_size == tok.vocab_size
     assert set(m["eval_loss_by_source"]) == set(m["eval_loss_before_by_source"]) == {"shakespeare", "pydoc"}
     assert m["eval_conversations_by_source"] == {"pydoc": 4, "shakespeare": 4}
+    assert m["train_conversations"] == 4 * 1 + 4 * 2  # each conversation `repeats` times: the mixture
     assert m["eval_loss"] < m["eval_loss_before"]
 
 

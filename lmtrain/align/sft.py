@@ -103,6 +103,15 @@ def loss_by_source(model: GPT, examples: Sequence[tuple[list[int], list[int]]], 
             for src in sorted(set(sources))}
 
 
+def mixture(convs: list[list[dict]], folder: str | Path) -> list[list[dict]]:
+    """Each training conversation `repeats` times: the balance stage's per-source weights (a task mixture)."""
+    repeats = [r.get("repeats") or 1 for r in read_table(folder, ["id", "split"], optional=["repeats"])
+               if r["split"] == "train"]  # the same rows in the same order as `convs` (both sorted by id)
+    if len(repeats) != len(convs):
+        raise ValueError(f"{folder}: {len(repeats)} train rows but {len(convs)} conversations")
+    return [c for c, n in zip(convs, repeats) for _ in range(int(n))]
+
+
 def train_sft(cfg: SFTConfig, init_ckpt: str | Path, train_dir: str | Path, eval_dir: str | Path,
               out_dir: str | Path, on_progress: Callable[[dict], None] | None = None) -> dict:
     """Fine-tune the bundle `init_ckpt` on the instructions in train_dir/eval_dir; write out_dir/checkpoint.
@@ -125,6 +134,7 @@ def train_sft(cfg: SFTConfig, init_ckpt: str | Path, train_dir: str | Path, eval
         return [sft_example(truncate_turns(c, cfg.max_response_tokens, tok), tok, max_len) for c in convs]
 
     train_convs, eval_convs = read_conversations(train_dir, "train"), read_conversations(eval_dir, "eval")
+    train_convs = mixture(train_convs, train_dir)
     if not train_convs:
         raise ValueError(f"{train_dir}: no conversations with split 'train'")
     train_ex = [e for e in examples(train_convs) if any(t != -1 for t in e[1])]
