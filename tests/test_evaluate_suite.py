@@ -240,3 +240,48 @@ def test_defaults_equal_params_yaml():
                 for f in dataclasses.fields(EvaluateConfig)}
     assert {k: defaults[k] for k in section} == section
     assert dataclasses.asdict(DerivedConfig()) == section["derived"]
+
+
+def stage_project(root: Path, tasks: list[dict]) -> dict:
+    """A project folder with two tiny bundles, an evaluation set and its token shards; its params."""
+    text = numbered("w", 400)
+    write_evalset(root / "data/evalset/corpus", [("play", "eval", text)])
+    tok = train_char([alphabet()])
+    write_token_shard([text], tok, root / "data/tokens/eval/eval.bin")
+    tiny_bundle(root / "models/a/checkpoint", tok, [text])
+    tiny_bundle(root / "models/b/checkpoint", tok, ["w1 w2"])
+    return {"evaluate": {"models": {"knows": "models/a/checkpoint", "other": "models/b/checkpoint"}, "tasks": tasks,
+                         "derived": {"items": 8, "context_words": 8, "continuation_words": 2, "choices": 4}}}
+
+
+def test_stage_stops_on_a_bad_task_row_in_one_line_before_any_work(tmp_path, monkeypatch):
+    from flows.evaluate import main
+
+    monkeypatch.chdir(tmp_path)
+    params = stage_project(tmp_path, [{"name": "piqa", "format": "piqa", "path": "piqa.jsonl"}])
+    write_jsonl(tmp_path / "piqa.jsonl", [CRAFTED["piqa"][0], {"goal": "g", "sol1": "a", "label": 0}])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit, match=r"^evaluate: piqa\.jsonl:2: field 'sol2' missing or not a non-empty string$"):
+        main([])
+    assert not (tmp_path / "models/evaluate").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_stage_writes_metrics_report_items_and_plots(tmp_path, monkeypatch, prefect_harness):
+    from flows.evaluate import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "generic.jsonl", CRAFTED["generic"])
+    params = stage_project(tmp_path, [{"name": "mine", "format": "generic", "path": "generic.jsonl"}])
+    evaluate(params)
+    metrics = json.loads((tmp_path / "metrics/evaluate.json").read_text())
+    assert set(metrics["models"]) == {"knows", "other"}
+    assert set(metrics["tasks"]) == {"heldout_continuation", "heldout_last_word", "mine"}
+    knows = metrics["models"]["knows"]
+    assert knows["tasks"]["heldout_last_word"]["n"] == 8 and "seconds" not in knows  # timings elsewhere
+    assert knows["eval_bpb"] < metrics["models"]["other"]["eval_bpb"]
+    assert knows["core"] == pytest.approx(core_score(knows["tasks"]))
+    items = (tmp_path / "models/evaluate/tasks/mine.jsonl").read_text().splitlines()
+    assert len(items) == 2 and json.loads(items[0])["choices"][1] == " made me glad"
+    assert "| knows |" in (tmp_path / "models/evaluate/report.md").read_text()
+    assert (tmp_path / "plots/evaluate/core.csv").read_text().splitlines()[0] == "model,core,eval_bpb"
+    assert (tmp_path / "plots/evaluate/scores.png").read_bytes()[:4] == b"\x89PNG"
