@@ -11,7 +11,7 @@ import pytest
 from lmdata.errors import ConfigError
 from lmdata.plant import KINDS, LABELS_FILE, PlantConfig, jaccard_bin, plant_corpus
 from lmdata.plant_kinds import jaccard
-from lmdata.plant_recall import markdown, recall_precision, step_events
+from lmdata.plant_recall import markdown, plant_report, recall_precision, step_events
 from lmdata.shards import REJECTED_DIR, list_shards, write_shard
 from lmdata.text import content_hash, document_id
 
@@ -138,11 +138,16 @@ def test_recall_and_precision_on_a_hand_made_case(tmp_path):
                                             ("n1", "near_dup", "b2"), ("b3", "near_dup", "b2")])
     rejects(tmp_path / "filter" / "corpus", [("f1", "lang", "fr"), ("b4", "lang", "de"), ("s1", "gopher_top_2gram", None),
                                              ("m1", "gopher_word_count", None), ("b5", "c4_curly_bracket", None)])
-    events = step_events(tmp_path)
-    result = recall_precision(labels, events)
+    (tmp_path / "plant").mkdir()
+    labels.write_parquet(tmp_path / "plant" / LABELS_FILE)
+    result = plant_report(tmp_path, tmp_path / "report")
+    assert recall_precision(labels, step_events(tmp_path)) == result
+    assert (tmp_path / "report" / "recall.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "report" / "recall.json").read_text()) == result
     steps = {r["step"]: r for r in result["steps"]}
     assert list(steps) == ["clean: html", "exact dedup", "minhash", "langid", "heuristics"]
     assert steps["clean: html"]["kinds"]["markup"] == {"planted": 1, "reached": 1, "caught": 1, "recall": 1.0}
+    assert steps["clean: html"]["precision"] == 1.0   # rewrites only: planted share of what it rewrote
     assert steps["exact dedup"]["kinds"]["exact_copy"]["recall"] == 1.0 and steps["exact dedup"]["precision"] == 1.0
     assert steps["minhash"]["kinds"]["near_copy 0.9-1.0"]["recall"] == 1.0
     assert steps["minhash"]["kinds"]["near_copy 0.5-0.6"]["recall"] == 0.0
