@@ -87,6 +87,15 @@ TRAIN_SIDE = {f"{s}@{d}" for s in ("dedup", "filter", "balance") for d in DATASE
                                                                                  "pretrain", *ALIGN}),
     ("evalset.langid.min_score", {f"evalset@{d}" for d in DATASETS} | TRAIN_SIDE | {"tokenizer", "pretokenize",
                                                                                    "pretrain", *ALIGN}),
+    ("evaluate.derived.items", {"evaluate"}),
 ])
 def test_a_param_change_reruns_its_stage_and_what_follows_nothing_before(key, expected):
-    assert rerun_set(key) == expected
+    assert rerun_set(key) == with_evaluate(expected)
+
+
+def with_evaluate(stages: set[str]) -> set[str]:
+    """`stages` and the evaluation suite behind them: the fingerprint stage of each model in
+    `evaluate.models` that one of them trains (models/<stage>/...), then `evaluate`."""
+    models = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["evaluate"]["models"]
+    fingerprints = {f"evaluate-models@{m}" for m, path in models.items() if path.split("/")[1] in stages}
+    return stages | fingerprints | ({"evaluate"} if fingerprints else set())

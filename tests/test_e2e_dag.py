@@ -42,6 +42,7 @@ def tiny_profile(params: dict) -> dict:
     params["ppo"].update(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=8)
     params["dpo"].update(epochs=1)
     params["align_eval"].update(samples_per_prompt=1, max_new_tokens=8)
+    params["evaluate"]["derived"].update(items=20)
     return params
 
 
@@ -82,6 +83,9 @@ def test_dvc_repro_runs_the_whole_dag(tmp_path, prefect_server):
     assert 0 <= reward["accuracy"] <= 1 and 0 <= judge["accuracy"] <= 1 and "same_order" in judge["agreement_with_reward"]
     ev = json.loads((metrics / "align_eval.json").read_text())
     assert {"ppo", "dpo"} <= set(ev) and 0 <= ev["ppo"]["win_rate"] <= 1
+    suite = json.loads((metrics / "evaluate.json").read_text())  # every model on the evaluation suite
+    assert set(suite["models"]) == set(params["evaluate"]["models"]) and {"heldout_last_word"} < set(suite["tasks"])
+    assert all(0 < m["eval_bpb"] < 20 and m["core"] is not None for m in suite["models"].values())
     second = subprocess.run([dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert "Running stage" not in second.stdout
     assert_forced_rerun_is_byte_identical(repo, dvc, env)
@@ -97,9 +101,13 @@ def assert_forced_rerun_is_byte_identical(repo: Path, dvc: str, env: dict) -> No
     proc = subprocess.run([dvc, "repro", "--force", "--downstream", "pretrain"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")} == set(TRAINING)
+    suite = yaml.safe_load((repo / "params.yaml").read_text())["evaluate"]["models"]  # follows every model
+    evaluate = {"evaluate", *(f"evaluate-models@{m}" for m in suite)}
+    ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == set(TRAINING) | evaluate
     after = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    changed = [(stage, out["path"]) for stage in TRAINING for out, old in zip(after[stage]["outs"], before[stage]["outs"])
+    changed = [(stage, out["path"]) for stage in (*TRAINING, *evaluate)
+               for out, old in zip(after[stage]["outs"], before[stage]["outs"])
                if out != old]
     assert not changed, changed
     assert after == before
