@@ -11,7 +11,7 @@ held-out rows are left to the evaluation set, as in clean), and adds planted doc
 in `labels.parquet` beside the shards, a table no stage reads: `id, kind, origin, jaccard,
 jaccard_bin, detail`. Kinds (lmdata.plant_kinds, docs/NOISE.md): exact copies (`exact_copies` of each
 origin), near copies spanning Jaccard `near_jaccard` (measured with dedup's shingling), non-English
-documents (ingest's `non_english_source` rows, which the base excludes), boilerplate/spam, markup-heavy
+documents (ingest's `non_english_source` rows, which the base excludes, less English locales), boilerplate/spam, markup-heavy
 HTML pages, code and tables, truncated fragments. Seeded per kind: same input + params → same bytes.
 """
 
@@ -105,6 +105,12 @@ def jaccard_bin(j: float, lo: float = 0.5, width: float = 0.1) -> str:
         return f"<{lo:g}"
     k = min(int((j - lo) / width + 1e-9), round((1 - lo) / width) - 1)
     return f"{lo + k * width:.1f}-{lo + (k + 1) * width:.1f}"
+
+
+def english_locale(meta: pl.Expr) -> pl.Expr:
+    """Rows whose `meta.locale` is English (Django's en, en_AU, en_GB catalogs are English text)."""
+    locale = meta.str.json_path_match("$.locale").fill_null("")
+    return locale.str.to_lowercase().str.contains(r"^en([_-]|$)")
 
 
 def read_base_ids(path: str | Path) -> list[str]:
@@ -210,7 +216,8 @@ def plant_corpus(in_dir: Path, out_dir: Path, cfg: PlantConfig, max_bytes: int) 
         write_shard(add_reason(rest, "not_in_base", detail=pl.lit(cfg.base)), out_dir / REJECTED_DIR / path.name,
                     "corpus", rejected=True)
         kept_parts.append(kept.select(list(columns_for("corpus"))))
-        foreign_parts.append(rest.filter(pl.col("source") == cfg.non_english_source).select(list(columns_for("corpus"))))
+        foreign_parts.append(rest.filter((pl.col("source") == cfg.non_english_source) & ~english_locale(pl.col("meta")))
+                             .select(list(columns_for("corpus"))))
     found = stats["rows_kept"]
     if base_ids and found < cfg.min_base_found * len(base_ids):
         raise ConfigError(f"plant.base {cfg.base}: only {found} of its {len(base_ids)} ids are among ingest's "

@@ -104,7 +104,7 @@ def recall_precision(labels: pl.DataFrame, events: pl.DataFrame) -> dict:
     """The measured table: per step, per kind column, planted documents reached / caught / recall, and
     per step removals / attributable / precision (see the module docstring). Plain dicts, JSON-ready."""
     label_of = {r["id"]: r for r in labels.to_dicts()}
-    origin_of = {r["id"]: r["origin"] for r in labels.to_dicts() if r["kind"] in ("exact_copy", "near_copy")}
+    origin_of = {r["id"]: r["origin"] for r in labels.to_dicts() if r["origin"]}  # copies; pages built on a host
     columns = sorted({kind_column(r["kind"], r["jaccard_bin"]) for r in label_of.values()}, key=column_order)
     caught: dict[str, dict[str, set]] = {}   # step -> column -> planted ids caught
     precision: dict[str, dict[str, int]] = {}

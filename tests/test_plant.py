@@ -33,9 +33,11 @@ def prose(seed: int, words: int = 400) -> str:
 
 @pytest.fixture
 def ingested(tmp_path):
-    """Two ingest shards: 8 English base documents, 3 'django' rows outside the base, 1 held-out row."""
+    """Two ingest shards: 8 English base documents, 4 'django' rows outside the base (one English), 1 held-out row."""
     rows = [doc("shakespeare", f"play{i}.txt", prose(i)) for i in range(8)]
     rows += [doc("django", f"django/locale/x{i}", f"Bonjour le monde numéro {i}, merci beaucoup.") for i in range(3)]
+    rows.append({**doc("django", "django/locale/en_GB", "Colour settings and favourite organisations."),
+                 "meta": '{"locale": "en_GB"}'})   # English: never planted as non-English
     rows.append(doc("shakespeare", "held.txt", prose(99), split="eval"))
     ingest = tmp_path / "ingest" / "corpus"
     write_shard(pl.DataFrame(rows[:6]), ingest / "a-00000.parquet", "corpus")
@@ -70,7 +72,7 @@ def test_planting_is_deterministic(ingested, tmp_path):
 def test_planted_documents_are_labelled_and_accounted_for(ingested, tmp_path):
     ingest, cfg, rows = ingested
     stats = run(ingest, cfg, tmp_path)
-    assert stats["rows_in"] == 11 == stats["rows_kept"] + stats["rows_rejected"]   # the held-out row is left out
+    assert stats["rows_in"] == 12 == stats["rows_kept"] + stats["rows_rejected"]   # the held-out row is left out
     assert (stats["rows_kept"], stats["eval_rows_skipped"]) == (8, 1)
     assert stats["planted_by_kind"] == {"exact_copy": 4, "near_copy": 8, "non_english": 2, "boilerplate": 2,
                                         "markup": 2, "code_table": 2, "fragment": 2}
@@ -80,7 +82,7 @@ def test_planted_documents_are_labelled_and_accounted_for(ingested, tmp_path):
     assert set(labels["id"]) == set(out["id"]) - {r["id"] for r in rows[:8]}
     assert set(labels["kind"]) == set(KINDS)
     rejected = pl.read_parquet(list((tmp_path / "corpus" / REJECTED_DIR).glob("*.parquet")))
-    assert set(rejected["reason"]) == {"not_in_base"} and rejected.height == 3
+    assert set(rejected["reason"]) == {"not_in_base"} and rejected.height == 4
     text_of = dict(zip(out["id"], out["text"], strict=True))
     for lab in labels.to_dicts():
         if lab["kind"] == "exact_copy":
