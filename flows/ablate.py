@@ -1,12 +1,13 @@
 """Data-quality ablation: every variant of the spec × seeds as a DVC experiment (`dvc exp run --queue
 -S …`, then `dvc queue start`), at fixed compute with one pinned tokenizer; then a DuckDB table, a
-markdown report with verdicts and a PNG plot in `reports/<spec name>/`, also as Prefect artifacts.
+markdown report with each step's effect, 95% intervals, p-values and verdicts, and PNG plots in
+`reports/<spec name>/`, also as Prefect artifacts.
 
-    python -m flows.ablate [--spec ablations.yaml] [--seeds 3] [--jobs 2]
+    python -m flows.ablate [--spec ablations.yaml] [--order leave-one-out] [--seeds 3] [--jobs 2]
 
-Finished runs are not recomputed: an experiment of the same name (variant, seed, params hash) on
-the same base commit is collected as it is; DVC's run-cache restores the stages variants share.
-`dvc exp show` lists every experiment.
+Finished runs are not recomputed: a run is keyed by its params and the code of the stages it runs,
+not by the commit, so an experiment of the same name (variant, seed, key) on any base commit is
+collected as it is; DVC's run-cache restores the stages variants share. `dvc exp show` lists them.
 """
 
 from __future__ import annotations
@@ -28,17 +29,16 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
+from flows._artifacts import publish_image
 from flows._stage import load_params
-from lmdata.ablation import (
-    AblationSpec,
-    Run,
-    Variant,
+from lmdata.ablation import ORDERS, AblationSpec, Run, Variant, code_hash, set_args
+from lmdata.ablation_report import (
+    effects_plot_spec,
     plot_spec,
     read_results,
     render_png,
     render_report,
     result_row,
-    set_args,
     write_results,
 )
 
@@ -97,12 +97,16 @@ def ensure_repo(env: dict, extra: tuple[str, ...] = ()) -> str:
     return head.stdout.strip()
 
 
-def experiment_refs(base_rev: str, env: dict) -> dict[str, str]:
-    """{experiment name: commit} of the experiments based on `base_rev`."""
+def experiment_refs(env: dict) -> dict[str, str]:
+    """{experiment name: commit} of the experiments on any base commit (names carry the run's content
+    key, so an experiment queued before an unrelated commit is still found)."""
     out = sh("git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps", env=env).stdout
-    prefix = f"refs/exps/{base_rev[:2]}/{base_rev[2:]}/"
-    return {ref.removeprefix(prefix): sha for ref, sha in (line.split() for line in out.splitlines())
-            if ref.startswith(prefix)}
+    found = {}
+    for ref, sha in (line.split() for line in out.splitlines()):
+        parts = ref.split("/")  # refs/exps/<2 hex>/<38 hex>/<name>
+        if len(parts) == 5 and len(parts[2]) == 2 and len(parts[3]) == 38:
+            found[parts[4]] = sha
+    return found
 
 
 def queue_status(env: dict) -> dict[str, str]:
@@ -145,7 +149,64 @@ def collect_run(run: Run, variant: Variant, model: str, base_rev: str, exp_rev: 
         shown = sh("git", "show", f"{exp_rev}:{path}", env=env, check=False)
         if shown.returncode == 0:
             metrics[path] = json.loads(shown.stdout)
-    return result_row(run, variant, metrics, model=model, base_rev=base_rev, exp_rev=exp_rev)
+    return result_row(run, variant, metrics, model=model, blocks=eval_blocks(exp_rev, model, run.exp_name),
+                      base_rev=base_rev, exp_rev=exp_rev)
+
+
+def eval_blocks(exp_rev: str, model: str, name: str) -> dict | None:
+    """The run's per-block evaluation losses: models/pretrain/<model>/eval_blocks.json is a DVC output,
+    read from the shared cache at the experiment's commit (None, said, when the run has none)."""
+    import dvc.api
+
+    path = f"models/pretrain/{model}/eval_blocks.json"
+    try:
+        return json.loads(dvc.api.read(path, repo=".", rev=exp_rev))
+    except Exception as e:  # an experiment from before per-block losses: the t-test still runs
+        print(f"ablate: {name}: no {path} ({type(e).__name__}: {e}); no block bootstrap for this run")
+        return None
+
+
+NOISE_DATA = ("plant", "clean/corpus", "dedup/corpus", "filter/corpus", "balance/corpus")
+
+
+@task(name="noise-recall", cache_policy=NO_CACHE)
+def noise_recall(exp_rev: str, data_root: str, out: Path) -> dict:
+    """Per-step recall/precision on the planted noise (lmdata.plant_recall), from one experiment's
+    data stage outputs, read from the DVC cache at its commit into a scratch folder."""
+    import tempfile
+
+    from dvc.api import DVCFileSystem
+
+    from lmdata.plant_recall import plant_report
+
+    fs = DVCFileSystem(".", rev=exp_rev)
+    with tempfile.TemporaryDirectory(prefix="ablate-noise-") as tmp:
+        for sub in NOISE_DATA:
+            fs.get(f"{data_root}/{sub}", str(Path(tmp) / sub), recursive=True)
+        return plant_report(Path(tmp), out)
+
+
+def noise_section(spec: AblationSpec, runs: list[Run], params: dict, existing: dict[str, str], out_dir: Path) -> str:
+    """With planted noise (`plant.enabled` in the runs): the planted-noise table and each step's recall
+    and precision, measured before any training on the data of the run with every step on (its first
+    seed); an empty string otherwise."""
+    from lmdata.ablation import apply_overrides
+    from lmdata.plant_recall import markdown
+
+    full = "all" if spec.order == "leave-one-out" else [v for v in spec.variants if v.kind == "step"][-1].name
+    run = next((r for r in runs if r.variant == full and r.exp_name in existing), None)
+    if run is None or not apply_overrides(params, run.overrides).get("plant", {}).get("enabled"):
+        return ""
+    root = str(apply_overrides(params, run.overrides).get("data", {}).get("root", "data"))
+    try:
+        result = noise_recall.with_options(task_run_name=f"noise-recall-{run.exp_name}")(
+            existing[run.exp_name], root, out_dir / "noise")
+    except Exception as e:  # the effects above stand without it: say why it is missing
+        return f"\n## Planted noise: recall and precision\n\nNot measured: {type(e).__name__}: {e}\n"
+    publish_image(f"ablate-{spec.name}-recall".lower().replace("_", "-"), out_dir / "noise" / "recall.png",
+                  f"{spec.name}: recall and precision", f"ablation {spec.name}: per-step recall on planted noise")
+    return (f"\n## Planted noise: recall and precision (variant `{full}`, seed {run.seed}, before training)\n\n"
+            f"{markdown(result)}\n\n![recall per step and kind](noise/recall.png)\n")
 
 
 def failure_log(name: str, env: dict) -> str:
@@ -155,44 +216,48 @@ def failure_log(name: str, env: dict) -> str:
 
 @flow(name="ablate", log_prints=True)
 def ablate(spec_path: str = "ablations.yaml", seeds: int | None = None, jobs: int | None = None,
-           params_path: str = "params.yaml", reports: str = "reports") -> list[dict]:
-    spec = AblationSpec.load(spec_path)
+           params_path: str = "params.yaml", reports: str = "reports", order: str | None = None) -> list[dict]:
+    spec = AblationSpec.load(spec_path, order=order)
     spec = spec.with_seeds(seeds) if seeds else spec
     jobs = jobs or spec.jobs
-    # Seed-major order: runs side by side are different variants, and a variant's later seeds find
-    # its data stages in the run-cache (the seed only changes `pretrain`).
-    runs = sorted(spec.runs(load_params(params_path)), key=lambda r: r.seed)
-    variants = {v.name: v for v in spec.variants}
     env = ablation_env()
     base_rev = ensure_repo(env, extra=(spec_path,))
-    out_dir = Path(reports) / spec.name
+    # Seed-major order: runs side by side are different variants, and a variant's later seeds find
+    # its data stages in the run-cache (the seed only changes `pretrain`).
+    runs = sorted(spec.runs(load_params(params_path), code_hash(spec.target)), key=lambda r: r.seed)
+    variants = {v.name: v for v in spec.variants}
+    out_dir = Path(reports) / (spec.name if spec.order == "cumulative" else f"{spec.name}-{spec.order}")
     db = out_dir / "results.duckdb"
-    cached = {(r["params_hash"], r["base_rev"]): r for r in read_results(db)}
-    existing = experiment_refs(base_rev, env)
-    pending = [r for r in runs if (r.params_hash, base_rev) not in cached and r.exp_name not in existing]
-    print(f"ablate {spec.name}: {len(runs)} runs ({len(spec.variants)} variants × {spec.seeds} seeds), "
+    cached = {r["run_key"]: r for r in read_results(db)}
+    existing = experiment_refs(env)
+    pending = [r for r in runs if r.key not in cached and r.exp_name not in existing]
+    print(f"ablate {spec.name} ({spec.order}): {len(runs)} runs ({len(spec.variants)} variants × {spec.seeds} seeds), "
           f"{len(runs) - len(pending)} already done, {len(pending)} to run, {jobs} at a time; "
           f"{spec.compute.training_tokens:,} training tokens each")
     for r in pending:
         queue_run.with_options(task_run_name=f"queue-{r.exp_name}")(r, spec.target, env)
     if pending:
         run_queue([r.exp_name for r in pending], jobs, env)
-        existing = experiment_refs(base_rev, env)
+        existing = experiment_refs(env)
     rows, failed = [], []
     for r in runs:
-        if (r.params_hash, base_rev) in cached:
-            rows.append(cached[(r.params_hash, base_rev)])
+        if r.key in cached:
+            rows.append(cached[r.key])
         elif r.exp_name in existing:
             rows.append(collect_run.with_options(task_run_name=f"collect-{r.exp_name}")(
                 r, variants[r.variant], spec.compute.model, base_rev, existing[r.exp_name], env))
         else:
             failed.append(r.exp_name)
     write_results(db, rows)
-    report = render_report(spec, rows)
+    report = render_report(spec, rows) + noise_section(spec, runs, load_params(params_path), existing, out_dir)
     if failed:
         report += "\n## Failed runs\n\n" + "\n".join(f"- `{n}`" for n in failed) + "\n"
     (out_dir / "report.md").write_text(report)
     png = render_png(plot_spec(spec, rows), out_dir / "bpb.png") if rows else None
+    if rows:
+        render_png(effects_plot_spec(spec, rows), out_dir / "effects.png")
+        publish_image(f"ablate-{spec.name}-effects".lower().replace("_", "-"), out_dir / "effects.png",
+                      f"{spec.name}: effects", f"ablation {spec.name}: each step's Δ bits per byte with its 95% CI")
     create_markdown_artifact(key=f"ablate-{spec.name}".lower().replace("_", "-"), markdown=report,
                              description=f"ablation {spec.name}: verdicts per step")
     create_table_artifact(key=f"ablate-{spec.name}-runs".lower().replace("_", "-"),
@@ -214,6 +279,8 @@ def add_ablate_command(subparsers) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", default="ablations.yaml", help="ablation spec (YAML)")
+    p.add_argument("--order", choices=ORDERS, default=None,
+                   help="cumulative (pipeline order) or leave-one-out (default: the spec's `order`)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the spec's)")
     p.add_argument("--jobs", type=int, default=None, help="experiments run at once (default: the spec's)")
     p.add_argument("--params", default="params.yaml")
@@ -228,7 +295,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with shared_server(log_path=log) as url:
         print(f"lmforge ablate: Prefect API at {url}", flush=True)
-        ablate(args.spec, args.seeds, args.jobs, args.params, args.reports)
+        ablate(args.spec, args.seeds, args.jobs, args.params, args.reports, getattr(args, "order", None))
     return 0
 
 

@@ -325,6 +325,8 @@ def add_chat_command(sub) -> None:
 def add_ablate(sub) -> None:
     p = sub.add_parser("ablate", help="data-quality ablation grid as DVC experiments, with a report")
     p.add_argument("--spec", default="ablations.yaml")
+    p.add_argument("--order", choices=("cumulative", "leave-one-out"), default=None,
+                   help="cumulative (pipeline order) or leave-one-out (default: the spec's `order`)")
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--jobs", type=int, default=None)
     p.add_argument("--params", default="params.yaml")

@@ -1,9 +1,13 @@
 """Data-quality ablations (DCLM's method at our scale): a grid of data-pipeline variants, each a set
 of params overrides, trained at fixed compute with one pinned tokenizer and judged on the same
-evaluation split; then mean ± std over seeds, paired step-vs-previous differences and a verdict.
+evaluation split. Two orders: cumulative (each step adds to the previous, pipeline order) and
+leave-one-out (every step, then every step but one). Statistics: lmdata/ablation_stats.py; results
+table and report: lmdata/ablation_report.py.
 
-Pure: no Prefect, no DVC. `flows/ablate.py` turns the runs into `dvc exp run -S` experiments.
-Overrides use dotted keys exactly as `dvc exp run -S` takes them (`dedup.exact`, `filter.langid.enabled`).
+A run's identity is its content: the hash of its resolved params and of the code of the stages it
+runs (the target stage and everything upstream), never the commit (`code_hash`, `Run.key`).
+No Prefect; DVC only to read the stage graph. `flows/ablate.py` turns runs into `dvc exp run -S`
+experiments. Overrides use dotted keys as `dvc exp run -S` takes them (`dedup.exact`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +42,7 @@ FROZEN_KEYS = {"evalset": "the evaluation set's own curation settings",
                "ingest.eval_fraction": "which groups are held out", "ingest.eval_salt": "which groups are held out",
                "ingest.eval_groups": "which groups are held out"}
 METRICS = ("eval_bpb", "mc_accuracy")  # eval_bpb: lower is better; mc_accuracy: higher is better
-NOISE_SIGMAS = 2.0  # a step's effect is "real" only when |mean difference| >= 2 x the std of the differences
+ORDERS = ("cumulative", "leave-one-out")
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,8 @@ class Variant:
 
     name: str
     overrides: dict[str, Any]
-    compare_to: str | None = None  # the previous grid step, or a one-off's base step
-    kind: str = "step"  # step | one-off
+    compare_to: str | None = None  # the previous grid step, a one-off's base, or `all` for a leave-one-out
+    kind: str = "step"  # step | one-off | leave-one-out (this one LACKS its step: effect = compare_to − it)
 
 
 @dataclass(frozen=True)
@@ -83,19 +88,28 @@ class Run:
     seed: int
     overrides: dict[str, Any]
     params_hash: str
+    code_hash: str = ""  # of the stage code the target runs (`code_hash`)
+
+    @property
+    def key(self) -> str:
+        """The run's identity: its params and its code, not the commit it was queued from."""
+        return hashlib.sha256(f"{self.params_hash}:{self.code_hash}".encode()).hexdigest()
 
     @property
     def exp_name(self) -> str:
-        """A valid, unique DVC experiment name (the hash changes whenever any param does)."""
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "", self.variant.replace("+", "plus-")) or "variant"
-        return f"abl-{slug}-s{self.seed}-{self.params_hash[:8]}"
+        """A valid, unique DVC experiment name (the key changes whenever a param or the stage code does)."""
+        name = self.variant.replace("+", "plus-")
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "", "minus-" + name[1:] if name.startswith("-") else name) or "variant"
+        return f"abl-{slug}-s{self.seed}-{self.key[:10]}"
 
 
 @dataclass(frozen=True)
 class AblationSpec:
-    """An ablation: grid steps (cumulative) and one-off variants, seeds, fixed compute and fixed overrides."""
+    """An ablation: grid steps (cumulative or leave-one-out) and one-off variants, seeds, fixed compute
+    and fixed overrides."""
 
     name: str = "data-quality"
+    order: str = "cumulative"  # cumulative | leave-one-out
     target: str = "pretrain"  # the DVC stage each experiment reproduces (and everything upstream)
     seeds: int = 3
     seed_key: str = "pretrain.common.seed"
@@ -106,9 +120,11 @@ class AblationSpec:
     variants: list[Variant] = field(default_factory=list)
 
     @classmethod
-    def from_dict(cls, raw: dict, where: str = "ablation spec") -> AblationSpec:
+    def from_dict(cls, raw: dict, where: str = "ablation spec", order: str | None = None) -> AblationSpec:
+        """The spec from its YAML mapping; `order` (e.g. from the command line) replaces the spec's."""
         raw = dict(raw or {})
-        known = {"name", "target", "seeds", "seed_key", "first_seed", "jobs", "compute", "fixed", "grid", "variants"}
+        known = {"name", "target", "order", "seeds", "seed_key", "first_seed", "jobs", "compute", "fixed", "grid",
+                 "variants"}
         unknown = set(raw) - known
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -116,10 +132,13 @@ class AblationSpec:
         bad = set(comp) - {"model", "config", "tokens", "batch_size", "block_size"}
         if bad:
             raise ConfigError(f"{where}: compute: unknown key(s) {sorted(bad)}")
+        order = str(order or raw.get("order", "cumulative"))
+        if order not in ORDERS:
+            raise ConfigError(f"{where}: order {order!r} is not one of {list(ORDERS)}")
         grid = raw.get("grid")
         steps = [{"name": n, "set": s} for n, s in DEFAULT_GRID] if grid is None else grid
-        variants = build_variants(steps, raw.get("variants") or [], where)
-        spec = cls(name=str(raw.get("name", "data-quality")), target=str(raw.get("target", "pretrain")),
+        variants = build_variants(steps, raw.get("variants") or [], where, order)
+        spec = cls(name=str(raw.get("name", "data-quality")), order=order, target=str(raw.get("target", "pretrain")),
                    seeds=int(raw.get("seeds", 3)), seed_key=str(raw.get("seed_key", "pretrain.common.seed")),
                    first_seed=int(raw.get("first_seed", 0)), jobs=int(raw.get("jobs", 2)),
                    compute=Compute(**comp), fixed=dict(raw.get("fixed") or {}), variants=variants)
@@ -130,11 +149,11 @@ class AblationSpec:
         return spec
 
     @classmethod
-    def load(cls, path: str | Path) -> AblationSpec:
+    def load(cls, path: str | Path, order: str | None = None) -> AblationSpec:
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"ablation spec not found: {path}")
-        return cls.from_dict(yaml.safe_load(path.read_text()) or {}, where=str(path))
+        return cls.from_dict(yaml.safe_load(path.read_text()) or {}, where=str(path), order=order)
 
     def with_seeds(self, seeds: int) -> AblationSpec:
         return AblationSpec(**{**self.__dict__, "seeds": seeds})
@@ -154,26 +173,38 @@ class AblationSpec:
                     raise ConfigError(f"{what}: params key {key!r} does not exist in params.yaml "
                                       "(check the spelling; an ablation can only change existing params)")
 
-    def runs(self, params: dict) -> list[Run]:
-        """Every (variant, seed), in grid order then seed order, with its resolved params hash."""
+    def runs(self, params: dict, code: str = "") -> list[Run]:
+        """Every (variant, seed), in grid order then seed order, with its resolved params hash and
+        `code` (the target's `code_hash`), which together key the run."""
         self.validate(params)
         out = []
         for v in self.variants:
             for seed in range(self.first_seed, self.first_seed + self.seeds):
                 overrides = {**self.fixed, **self.compute.overrides(), **v.overrides, self.seed_key: seed}
-                out.append(Run(v.name, seed, overrides, params_hash(apply_overrides(params, overrides))))
+                out.append(Run(v.name, seed, overrides, params_hash(apply_overrides(params, overrides)), code))
         return out
 
 
-def build_variants(steps: list[dict], one_offs: list[dict], where: str) -> list[Variant]:
-    """Grid steps accumulate their overrides in order; an enabled one-off adds its own to its `base` step."""
-    variants: list[Variant] = []
-    acc: dict[str, Any] = {}
+def build_variants(steps: list[dict], one_offs: list[dict], where: str, order: str = "cumulative") -> list[Variant]:
+    """Cumulative: grid steps accumulate their overrides in order, each compared to the previous.
+    Leave-one-out: `all` (every step's overrides, in order), then `-<step>` for every step after the
+    first (the base): every step's overrides but that one's, compared to `all`. An enabled one-off
+    adds its own overrides to its `base` variant (default: the last step, or `all`)."""
     for i, step in enumerate(steps):
         if not isinstance(step, dict) or "name" not in step:
             raise ConfigError(f"{where}: grid[{i}] needs a `name` and a `set` mapping")
-        acc = {**acc, **(step.get("set") or {})}
-        variants.append(Variant(str(step["name"]), dict(acc), variants[-1].name if variants else None))
+    variants: list[Variant] = []
+    if order == "leave-one-out":
+        if len(steps) < 2:
+            raise ConfigError(f"{where}: leave-one-out needs a base step and at least one step to leave out")
+        variants.append(Variant("all", _accumulate(steps)))
+        for k, step in enumerate(steps[1:], 1):
+            name = "-" + str(step["name"]).lstrip("+")
+            variants.append(Variant(name, _accumulate(steps[:k] + steps[k + 1:]), "all", "leave-one-out"))
+    else:
+        for k, step in enumerate(steps):
+            variants.append(Variant(str(step["name"]), _accumulate(steps[:k + 1]),
+                                    variants[-1].name if variants else None))
     by_name = {v.name: v for v in variants}
     for i, one in enumerate(one_offs):
         if not isinstance(one, dict) or "name" not in one:
@@ -193,6 +224,13 @@ def build_variants(steps: list[dict], one_offs: list[dict], where: str) -> list[
     if not variants:
         raise ConfigError(f"{where}: no variants (an empty grid and no enabled one-offs)")
     return variants
+
+
+def _accumulate(steps: list[dict]) -> dict[str, Any]:
+    acc: dict[str, Any] = {}
+    for step in steps:
+        acc = {**acc, **(step.get("set") or {})}
+    return acc
 
 
 def has_dotted(params: dict, key: str) -> bool:
@@ -255,199 +293,51 @@ def set_args(overrides: dict[str, Any]) -> list[str]:
             for arg in ("-S", f"{'++' if isinstance(overrides[key], dict) else ''}{key}={hydra_value(overrides[key])}")]
 
 
-# ---------------------------------------------------------------------------------------------
-# Results: one row per run, from the metrics files the experiment wrote.
-
-RESULT_COLUMNS: dict[str, str] = {
-    "variant": "VARCHAR", "kind": "VARCHAR", "compare_to": "VARCHAR", "seed": "INTEGER",
-    "params_hash": "VARCHAR", "base_rev": "VARCHAR", "exp_name": "VARCHAR", "exp_rev": "VARCHAR",
-    "docs_kept": "BIGINT",        # corpus documents kept by filter (the evaluation set is its own stage)
-    "train_docs": "BIGINT",       # training documents tokenized (balance's repeats counted)
-    "unique_tokens": "DOUBLE",    # approx. tokens of the distinct training documents entering balance
-    "data_tokens": "BIGINT",      # training tokens on disk (after balance's mixture and repeats)
-    "training_tokens": "BIGINT",  # tokens the model was trained on (fixed by the spec's compute)
-    "eval_tokens": "BIGINT", "eval_bytes": "BIGINT", "tokenizer_hash": "VARCHAR",
-    "eval_bpb": "DOUBLE", "eval_loss": "DOUBLE", "mc_accuracy": "DOUBLE", "train_seconds": "DOUBLE",
-    "overrides": "VARCHAR",
-}
-
-
-def result_row(run: Run, variant: Variant, metrics: dict[str, dict], model: str = "gpt", **ids: str) -> dict:
-    """One results row from an experiment's metrics files ({path: parsed JSON}); fails naming the file."""
-    def need(path: str) -> dict:
-        if path not in metrics:
-            raise KeyError(f"{run.exp_name}: experiment has no {path}")
-        return metrics[path]
-
-    pre = need("metrics/pretrain.json")
-    if model not in pre:
-        raise KeyError(f"{run.exp_name}: metrics/pretrain.json has no model {model!r} (has {sorted(pre)})")
-    m, tokens = pre[model], need("metrics/pretokenize.json")
-    balance = metrics.get("metrics/balance/corpus.json", {})
-    return {
-        "variant": run.variant, "kind": variant.kind, "compare_to": variant.compare_to, "seed": run.seed,
-        "params_hash": run.params_hash, "base_rev": ids.get("base_rev"), "exp_name": run.exp_name,
-        "exp_rev": ids.get("exp_rev"), "docs_kept": need("metrics/filter/corpus.json")["rows_kept"],
-        "train_docs": tokens["train"]["documents"],
-        "unique_tokens": float(sum(balance.get("tokens_before", {}).values())) or None,
-        "data_tokens": tokens["train"]["tokens"], "training_tokens": m.get("tokens"),
-        "eval_tokens": tokens["eval"]["tokens"], "eval_bytes": tokens["eval"]["bytes"],
-        "tokenizer_hash": metrics.get("metrics/tokenizer.json", {}).get("hash"),
-        "eval_bpb": m["eval_bpb"], "eval_loss": m.get("eval_loss"), "mc_accuracy": m.get("mc_accuracy"),
-        "train_seconds": m.get("seconds"), "overrides": json.dumps(run.overrides, sort_keys=True),
-    }
-
-
-def write_results(path: str | Path, rows: list[dict]) -> None:
-    """(Re)write the `ablation_runs` table of a DuckDB file with these rows."""
-    import duckdb
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(path)) as con:
-        con.execute("DROP TABLE IF EXISTS ablation_runs")
-        con.execute("CREATE TABLE ablation_runs (" + ", ".join(f"{c} {t}" for c, t in RESULT_COLUMNS.items()) + ")")
-        if rows:
-            con.executemany(f"INSERT INTO ablation_runs VALUES ({', '.join('?' * len(RESULT_COLUMNS))})",
-                            [[r.get(c) for c in RESULT_COLUMNS] for r in rows])
-
-
-def read_results(path: str | Path) -> list[dict]:
-    """Rows of `ablation_runs` (empty when the file does not exist yet): the resumability cache."""
-    import duckdb
-
-    if not Path(path).exists():
-        return []
-    with duckdb.connect(str(path), read_only=True) as con:
-        cur = con.execute("SELECT * FROM ablation_runs ORDER BY variant, seed")
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
 
 
 # ---------------------------------------------------------------------------------------------
-# Statistics and the report.
+# Content keys: the code a target stage runs.
 
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (None with fewer than two values)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+def stage_code(target: str, root: str | Path = ".") -> tuple[list[str], list[str]]:
+    """(code files, stage commands) of `target` and every stage upstream of it, from dvc.yaml: each
+    dependency that no stage or .dvc file produces (code, configuration, a user's source files),
+    directories expanded to their files (caches skipped), sorted; and `stage: cmd` lines."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
 
+    root = Path(root).resolve()
+    with Repo(str(root)) as repo:
+        # DVC resolves a bare stage name against the working directory: name the dvc.yaml under root
+        stages = repo.stage.collect(target if ":" in target else f"{root / 'dvc.yaml'}:{target}", with_deps=True)
+        produced = [Path(o.fs_path) for o in repo.index.outs]
+        commands = sorted(f"{s.addressing}: {s.cmd}" for s in stages)
+        # params files are not code: the resolved params are hashed on their own (params_hash)
+        deps = {Path(d.fs_path) for s in stages for d in s.deps if not isinstance(d, ParamsDependency)}
 
-def verdict(mean_diff: float, std: float | None, lower_is_better: bool = True) -> str:
-    """helped / hurt / not distinguishable from seed noise (|mean difference| < 2 x its std)."""
-    if std is None:
-        return "undecided (one seed: no spread)"
-    if mean_diff == 0 and std == 0:
-        return "no effect (identical results: the step changed no training data here)"
-    if abs(mean_diff) < NOISE_SIGMAS * std or mean_diff == 0:
-        return "not distinguishable from seed noise"
-    return "helped" if (mean_diff < 0) == lower_is_better else "hurt"
+    def produced_by_a_stage(path: Path) -> bool:
+        return any(path == out or out in path.parents for out in produced)
 
-
-def by_variant(rows: list[dict], metric: str) -> dict[str, dict[int, float]]:
-    out: dict[str, dict[int, float]] = {}
-    for r in rows:
-        if r.get(metric) is not None:
-            out.setdefault(r["variant"], {})[int(r["seed"])] = float(r[metric])
-    return out
-
-
-def compare(variants: list[Variant], rows: list[dict], metric: str = "eval_bpb") -> list[dict]:
-    """Per variant: mean ± std over seeds, and the paired (same seed) difference to what it is compared to."""
-    values = by_variant(rows, metric)
-    out = []
-    for v in variants:
-        mine = values.get(v.name, {})
-        if not mine:
+    files = set()
+    for dep in deps:
+        if produced_by_a_stage(dep):
             continue
-        mean, std = mean_std(list(mine.values()))
-        row = {"variant": v.name, "kind": v.kind, "compare_to": v.compare_to, "n": len(mine), "mean": mean,
-               "std": std, "diff_mean": None, "diff_std": None, "pairs": 0, "verdict": ""}
-        other = values.get(v.compare_to or "", {})
-        seeds = sorted(set(mine) & set(other))
-        if seeds:
-            d_mean, d_std = mean_std([mine[s] - other[s] for s in seeds])
-            row.update(diff_mean=d_mean, diff_std=d_std, pairs=len(seeds),
-                       verdict=verdict(d_mean, d_std, lower_is_better=metric != "mc_accuracy"))
-        out.append(row)
-    return out
+        if dep.is_dir():
+            for folder, dirs, names in os.walk(dep):
+                dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
+                files.update(Path(folder) / n for n in names if not n.endswith((".pyc", ".pyo")))
+        else:
+            files.add(dep)  # a missing file hashes as missing: the stage would fail anyway
+    return sorted(str(f.relative_to(root)) for f in files if not produced_by_a_stage(f)), commands
 
 
-def _pm(mean: float | None, std: float | None, digits: int = 4) -> str:
-    if mean is None:
-        return "—"
-    return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
-
-
-def render_report(spec: AblationSpec, rows: list[dict]) -> str:
-    """The markdown report: setup, data per variant, bpb and accuracy with spreads and verdicts."""
-    c = spec.compute
-    bpb, mc = compare(spec.variants, rows, "eval_bpb"), {r["variant"]: r for r in compare(spec.variants, rows,
-                                                                                          "mc_accuracy")}
-    lines = [f"# Ablation `{spec.name}`", "",
-             f"Fixed compute: `{c.model}` (`{c.config}`), {c.max_steps} steps × batch {c.batch_size} × block "
-             f"{c.block_size} = {c.training_tokens:,} training tokens per run; seeds "
-             f"{spec.first_seed}..{spec.first_seed + spec.seeds - 1} (`{spec.seed_key}`). Each step is compared "
-             f"to the previous one with the same seed; a difference counts only when |mean| ≥ {NOISE_SIGMAS:g} × "
-             "its std over seeds. Lower bits per byte is better.", ""]
-    hashes = {r["tokenizer_hash"] for r in rows if r.get("tokenizer_hash")}
-    evals = {(r["eval_tokens"], r["eval_bytes"]) for r in rows}
-    # The comparison is fair only if every run shares the tokenizer and the evaluation split: say so.
-    tok = (f"one for the whole grid (`{next(iter(hashes))[:12]}`)" if len(hashes) == 1
-           else f"**{len(hashes)} different tokenizers: runs are not comparable**")
-    ev = (f"identical for every run ({next(iter(evals))[1]:,} bytes)" if len(evals) == 1
-          else "**differs between runs: not comparable**")
-    lines.append(f"Tokenizer: {tok}; evaluation split: {ev}.")
-    lines += ["", "| variant | vs | runs | docs kept | unique tokens | train tokens on disk | eval bpb | Δ bpb (paired) "
-              "| verdict (bpb) | mc accuracy | Δ mc | verdict (mc) |", "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]
-    for b in bpb:
-        mine = [r for r in rows if r["variant"] == b["variant"]]
-        docs = mean_std([float(r["docs_kept"]) for r in mine])[0]
-        uniq = [r["unique_tokens"] for r in mine if r.get("unique_tokens")]
-        disk = mean_std([float(r["data_tokens"]) for r in mine])[0]
-        m = mc.get(b["variant"], {})
-        lines.append(f"| `{b['variant']}` | {b['compare_to'] or '—'} | {b['n']} | {docs:,.0f} | "
-                     f"{(sum(uniq) / len(uniq)) if uniq else 0:,.0f} | {disk:,.0f} | {_pm(b['mean'], b['std'])} | "
-                     f"{_pm(b['diff_mean'], b['diff_std'])} | {b['verdict'] or '—'} | "
-                     f"{_pm(m.get('mean'), m.get('std'), 3)} | {_pm(m.get('diff_mean'), m.get('diff_std'), 3)} | "
-                     f"{m.get('verdict') or '—'} |")
-    lines += ["", "## Verdicts", ""]
-    for b in bpb:
-        if b["compare_to"]:
-            spread = "" if b["diff_std"] is None else f" (std {b['diff_std']:.4f}, {b['pairs']} seeds)"
-            lines.append(f"- `{b['variant']}` vs `{b['compare_to']}`: bpb {b['diff_mean']:+.4f}{spread}"
-                         f" — **{b['verdict']}**.")
-    return "\n".join(lines) + "\n"
-
-
-def plot_spec(spec: AblationSpec, rows: list[dict], metric: str = "eval_bpb") -> dict:
-    """A Vega-Lite spec: mean `metric` per variant (grid order) with ± std error bars and every seed."""
-    order = [v.name for v in spec.variants]
-    stats = {c["variant"]: c for c in compare(spec.variants, rows, metric)}
-    data = [{"variant": r["variant"], "seed": int(r["seed"]), "value": float(r[metric]),
-             "mean": stats[r["variant"]]["mean"], "lo": stats[r["variant"]]["mean"] - (stats[r["variant"]]["std"] or 0),
-             "hi": stats[r["variant"]]["mean"] + (stats[r["variant"]]["std"] or 0)} for r in rows if r["variant"] in stats]
-    x = {"field": "variant", "type": "nominal", "sort": order, "title": None, "axis": {"labelAngle": -30}}
-    return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "width": 60 * max(3, len(order)),
-            "height": 260, "title": {"text": f"{spec.name}: {metric} per variant",
-                                          "subtitle": "mean ± std over seeds; small dots: one per seed"},
-            "data": {"values": data}, "layer": [
-                {"mark": {"type": "errorbar", "ticks": True},
-                 "encoding": {"x": x, "y": {"field": "lo", "type": "quantitative", "scale": {"zero": False, "padding": 12},
-                                            "title": metric}, "y2": {"field": "hi"}}},
-                {"mark": {"type": "point", "filled": True, "size": 80, "color": "black"},
-                 "encoding": {"x": x, "y": {"field": "mean", "type": "quantitative"}}},
-                {"mark": {"type": "circle", "opacity": 0.4, "size": 30},
-                 "encoding": {"x": x, "y": {"field": "value", "type": "quantitative"}}}]}
-
-
-def render_png(vega_spec: dict, path: str | Path) -> Path:
-    """Render a Vega-Lite spec to PNG offline (vl-convert bundles Vega; nothing is fetched)."""
-    import vl_convert
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(vl_convert.vegalite_to_png(vega_spec, scale=2))
-    return path
+def code_hash(target: str, root: str | Path = ".") -> str:
+    """sha256 over the target's stage commands and the path and bytes of every code file it runs: an
+    unrelated change (docs, another stage's code, a commit) leaves it unchanged."""
+    root = Path(root)
+    files, commands = stage_code(target, root)
+    h = hashlib.sha256("\n".join(commands).encode())
+    for rel in files:
+        path = root / rel
+        h.update(f"\0{rel}\0".encode())
+        h.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"<missing>")
+    return h.hexdigest()

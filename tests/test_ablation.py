@@ -1,5 +1,5 @@
-"""Ablation spec, statistics and report on hand-made numbers; and one 2-variant × 1-seed grid run end
-to end as DVC experiments in a temporary git repo."""
+"""Ablation spec (both orders), report on hand-made numbers; and one 2-variant × 1-seed grid run end
+to end as DVC experiments in a temporary git repo. Statistics: tests/test_ablation_stats.py."""
 
 from __future__ import annotations
 
@@ -17,18 +17,21 @@ from lmdata.ablation import (
     DEFAULT_GRID,
     AblationSpec,
     Compute,
+    Run,
     apply_overrides,
-    compare,
     hydra_value,
     params_hash,
+    set_args,
+)
+from lmdata.ablation_report import (
+    effects_plot_spec,
     plot_spec,
     read_results,
     render_png,
     render_report,
-    set_args,
-    verdict,
     write_results,
 )
+from lmdata.ablation_stats import effects
 from lmdata.readers import ConfigError
 from tests.conftest import ROOT, copy_project, python_env
 
@@ -113,15 +116,32 @@ def test_hydra_values():
     assert hydra_value({"a": 1, "b": [True]}) == "{a:1,b:[true]}"
 
 
-def test_verdicts():
-    assert verdict(-0.10, 0.02) == "helped"
-    assert verdict(+0.10, 0.02) == "hurt"
-    assert verdict(-0.03, 0.02) == "not distinguishable from seed noise"  # |0.03| < 2 × 0.02
-    assert verdict(0.0, 0.0).startswith("no effect")  # the same data in every seed
-    assert verdict(0.0, 0.01) == "not distinguishable from seed noise"
-    assert verdict(-0.05, 0.0) == "helped"  # deterministic difference
-    assert verdict(0.2, 0.01, lower_is_better=False) == "helped"  # accuracy: higher is better
-    assert verdict(-0.2, None).startswith("undecided")
+def test_leave_one_out_leaves_out_exactly_one_step_each():
+    spec = AblationSpec.from_dict({"order": "leave-one-out"})
+    full = AblationSpec.from_dict({}).variants[-1].overrides
+    assert [v.name for v in spec.variants] == ["all", "-exact", "-minhash", "-heuristics", "-langid", "-quality"]
+    assert spec.variants[0].overrides == full and spec.variants[0].compare_to is None
+    for v, (step, step_set) in zip(spec.variants[1:], DEFAULT_GRID[1:]):
+        assert v.kind == "leave-one-out" and v.compare_to == "all" and v.name == "-" + step.lstrip("+")
+        changed = {k for k in full if v.overrides.get(k) != full[k]}
+        assert changed == set(step_set) and all(v.overrides[k] is False for k in step_set)  # raw's value
+    assert AblationSpec.from_dict({"order": "cumulative"}, order="leave-one-out").order == "leave-one-out"
+    with pytest.raises(ConfigError, match="order 'random'"):
+        AblationSpec.from_dict({"order": "random"})
+
+
+def test_leave_one_out_step_that_adds_a_new_key_falls_back_to_params():
+    spec = AblationSpec.from_dict({"order": "leave-one-out", "grid": [
+        {"name": "base", "set": {"dedup.exact": False}}, {"name": "+aug", "set": {"augment.enabled": True}},
+        {"name": "+exact", "set": {"dedup.exact": True}}]})
+    by = {v.name: v.overrides for v in spec.variants}
+    assert by["-aug"] == {"dedup.exact": True} and by["-exact"] == {"dedup.exact": False, "augment.enabled": True}
+
+
+def test_run_names_carry_the_content_key():
+    a = Run("-exact", 0, {}, "p" * 64, "c1")
+    assert a.exp_name.startswith("abl-minus-exact-s0-") and a.key != Run("-exact", 0, {}, "p" * 64, "c2").key
+    assert Run("+exact", 1, {}, "p" * 64, "c1").exp_name.startswith("abl-plus-exact-s1-")
 
 
 def test_paired_difference_cancels_seed_effects():
@@ -129,19 +149,21 @@ def test_paired_difference_cancels_seed_effects():
     # Seeds move bpb a lot (±0.3), but b is 0.05 better than a at every seed: paired, that is clear.
     rows = [row("a", 0, 2.00), row("a", 1, 2.30), row("a", 2, 1.70),
             row("b", 0, 1.95), row("b", 1, 2.26), row("b", 2, 1.64)]
-    a, b = compare(spec.variants, rows)
+    a, b = effects(spec.variants, rows)
     assert a["compare_to"] is None and a["n"] == 3 and a["mean"] == pytest.approx(2.0)
     assert a["std"] == pytest.approx(0.3)
-    assert b["pairs"] == 3 and b["diff_mean"] == pytest.approx(-0.05)
-    assert b["diff_std"] == pytest.approx(0.01) and b["verdict"] == "helped"
+    assert b["pairs"] == 3 and b["effect"] == pytest.approx(-0.05) and b["t"]["std"] == pytest.approx(0.01)
+    assert b["t"]["p"] == pytest.approx(0.0131, abs=1e-4) and b["boot"] is None  # t = -8.66, df 2; no blocks
+    assert b["verdict"] == "not significant (no per-block losses)"  # the rule needs both tests
 
 
 def test_report_states_spread_verdicts_and_fairness():
     spec = AblationSpec.from_dict({"grid": [{"name": "raw", "set": {}}, {"name": "+exact", "set": {}}]})
     rows = [row("raw", 0, 2.0), row("raw", 1, 2.1), row("+exact", 0, 2.05), row("+exact", 1, 2.0)]
     md = render_report(spec, rows)
-    assert "| `+exact` | raw | 2 |" in md and "2.0500 ± 0.0707" in md  # raw: mean ± std
-    assert "`+exact` vs `raw`: bpb -0.0250 (std 0.1061, 2 seeds) — **not distinguishable from seed noise**" in md
+    assert "| `raw` | 2 |" in md and "2.0500 ± 0.0707" in md  # raw: mean ± std
+    assert "`+exact` (vs `raw`): Δ bpb -0.0250 (2 seeds, std over seeds 0.1061) — **not significant" in md
+    assert "p < 0.05 and the 95% paired bootstrap interval" in md  # the rule is stated
     assert "one for the whole grid" in md and "identical for every run" in md
     unfair = render_report(spec, rows[:-1] + [row("+exact", 1, 2.0, tok="t1")])
     assert "2 different tokenizers" in unfair
@@ -155,6 +177,7 @@ def test_results_round_trip_and_plot(tmp_path):
     assert [(r["variant"], r["eval_bpb"], r["params_hash"]) for r in back] == [("+exact", 1.9, "h1"), ("raw", 2.0, "h0")]
     png = render_png(plot_spec(spec, rows), tmp_path / "bpb.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+    assert render_png(effects_plot_spec(spec, rows), tmp_path / "fx.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,13 +232,15 @@ def test_two_variant_grid_end_to_end(tmp_path, prefect_server, raw_sample):
 
     with duckdb.connect(str(repo / "reports/tiny/results.duckdb"), read_only=True) as con:
         got = {r[0]: r[1:] for r in con.execute("SELECT variant, docs_kept, training_tokens, tokenizer_hash, "
-                                                "eval_bytes, eval_bpb FROM ablation_runs").fetchall()}
+                                                "eval_bytes, eval_bpb, eval_blocks FROM ablation_runs").fetchall()}
     assert set(got) == {"raw", "+exact"}
     assert got["+exact"][0] < got["raw"][0]                  # exact dedup dropped documents
     assert got["raw"][1] == got["+exact"][1] == 5 * 4 * 32  # fixed compute: 5 steps × 4 × 32
     assert got["raw"][2:4] == got["+exact"][2:4]             # same tokenizer, same evaluation split
+    blocks = json.loads(got["raw"][5])                       # per-block losses, read from the DVC cache
+    assert blocks["block_tokens"] == 512 and len(blocks["nats"]) == -(-blocks["eval_tokens"] // 512)
     report = (repo / "reports/tiny/report.md").read_text()
-    assert "`+exact` vs `raw`" in report and "undecided (one seed" in report
+    assert "`+exact` (vs `raw`)" in report and "undecided (one seed" in report and "bootstrap" in report
     assert (repo / "reports/tiny/bpb.png").read_bytes()[:4] == b"\x89PNG"
     listed = subprocess.run([str(Path(sys.executable).parent / "dvc"), "exp", "list", "--name-only"], cwd=repo,
                             env=env, capture_output=True, text=True, check=True).stdout.split()

@@ -19,6 +19,8 @@ from torch.nn import functional as F
 from lmtrain.data.shards import TokenShards
 from lmtrain.data.windows import eval_windows
 
+EVAL_BLOCK_TOKENS = 512  # the fixed scoring blocks of the evaluation split (ablations bootstrap over them)
+
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None or dtype == torch.float32:
@@ -28,32 +30,39 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, shards: TokenShards, batch_size: int = 32, block_size: int | None = None,
-                  stride: int | None = None, autocast_dtype: torch.dtype | None = None) -> dict:
-    """Mean loss (nats/token) and bits per byte over every token of the split."""
+                  stride: int | None = None, autocast_dtype: torch.dtype | None = None,
+                  score_block: int = EVAL_BLOCK_TOKENS) -> dict:
+    """Mean loss (nats/token) and bits per byte over every token of the split, and `block_nats`: the
+    summed nats of each fixed `score_block`-token block of the split (shards in order; the last block
+    may be shorter), the same blocks for every model on the split, for paired bootstraps."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     block_size = block_size or model.block_size
-    total_nats, total_tokens = 0.0, 0
-    pending: list[tuple[np.ndarray, np.ndarray, int]] = []
+    token_nats = np.zeros(shards.n_tokens, dtype=np.float64)  # per scored target, in split order
+    total_tokens = 0
+    pending: list[tuple[np.ndarray, np.ndarray, int, int]] = []
 
     def flush() -> None:
-        nonlocal total_nats, total_tokens
         x = torch.from_numpy(np.stack([p[0] for p in pending])).to(device)
         y = torch.from_numpy(np.stack([p[1] for p in pending])).to(device)
         for i, p in enumerate(pending):
             y[i, :p[2]] = -1  # already scored by an earlier window
         with _autocast(device, autocast_dtype):
             logits, _ = model(x)
-        nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum")
-        total_nats += float(nats)
-        total_tokens += int((y >= 0).sum())
+        nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="none")
+        nats = nats.view(y.shape).double().cpu().numpy()
+        for i, (_, _, score_from, pos) in enumerate(pending):
+            token_nats[pos:pos + nats.shape[1] - score_from] = nats[i, score_from:]
         pending.clear()
 
     for x, y, score_from in eval_windows(shards, block_size, stride):
         if pending and len(x) != len(pending[0][0]):
             flush()  # a short shard: its windows cannot share a batch with full ones
-        pending.append((x, y, score_from))
+        if total_tokens + len(y) - score_from > shards.n_tokens:
+            raise RuntimeError(f"{shards.folder}: windows score more tokens than the split's {shards.n_tokens}")
+        pending.append((x, y, score_from, total_tokens))
+        total_tokens += len(y) - score_from
         if len(pending) == batch_size:
             flush()
     if pending:
@@ -61,9 +70,12 @@ def evaluate_loss(model: nn.Module, shards: TokenShards, batch_size: int = 32, b
     model.train(was_training)
     if total_tokens != shards.n_tokens:
         raise RuntimeError(f"scored {total_tokens} tokens but the split holds {shards.n_tokens}")
+    total_nats = float(token_nats.sum())
     loss = total_nats / total_tokens
+    starts = np.arange(0, total_tokens, score_block)
     return {"eval_loss": loss, "eval_bpb": total_nats / (math.log(2) * shards.n_bytes),
-            "eval_tokens": total_tokens, "eval_bytes": shards.n_bytes}
+            "eval_tokens": total_tokens, "eval_bytes": shards.n_bytes,
+            "block_nats": np.add.reduceat(token_nats, starts) if total_tokens else np.zeros(0)}
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 8 -m lmtrain.pretrain.train ...   # same script, data split across ranks
 
 Writes into --out: checkpoint/ (exact resume), curves/train.csv + curves/val.csv (DVC plots),
-loss.png, metrics.json. Needs only torch, numpy and safetensors (tqdm and vl-convert when present).
+loss.png, metrics.json, eval_blocks.json (nats per fixed 512-token block of the evaluation split). Needs only torch, numpy and safetensors (tqdm and vl-convert when present).
 Device, dtype, DDP, seeding, the schedule and the optimizer step are lmtrain.runtime's.
 """
 
@@ -32,7 +32,12 @@ from lmtrain.models.flops import flops_per_token, measured_matmul_peak, utilisat
 from lmtrain.models.init import check_shards, is_none, load_init
 from lmtrain.models.registry import build_model
 from lmtrain.pretrain.curves import render_loss_png, write_curves
-from lmtrain.pretrain.evaluate import evaluate_loss, multiple_choice_accuracy, multiple_choice_items
+from lmtrain.pretrain.evaluate import (
+    EVAL_BLOCK_TOKENS,
+    evaluate_loss,
+    multiple_choice_accuracy,
+    multiple_choice_items,
+)
 from lmtrain.progress import Progress, rounded, split_timings
 from lmtrain.runtime import Runtime, adamw, check_finite, cosine_lr, optimizer_step, set_lr, setup
 
@@ -228,10 +233,19 @@ def train(cfg: TrainConfig, train_dir: str | Path, eval_dir: str | Path, out_dir
         metrics.update(steps=step, tokens=step * step_tokens, world_size=world, accum_steps=accum,
                        seconds=time.perf_counter() - t_start)
         write_curves(history, out_dir)
+        write_eval_blocks(out_dir / "eval_blocks.json", metrics.pop("block_nats"), eval_shards)
         # the model folder is a DVC output: same inputs, same bytes (timings only in the returned metrics)
         (out_dir / "metrics.json").write_text(json.dumps(split_timings(metrics)[0], indent=2))
     rt.close()
     return metrics
+
+
+def write_eval_blocks(path: Path, block_nats, eval_shards: TokenShards) -> None:
+    """The summed nats of each fixed block of the evaluation split (ablations' paired bootstrap), with
+    what makes two runs' blocks comparable: the split's tokens, bytes and tokenizer."""
+    path.write_text(json.dumps({"block_tokens": EVAL_BLOCK_TOKENS, "eval_tokens": eval_shards.n_tokens,
+                                "eval_bytes": eval_shards.n_bytes, "tokenizer_hash": eval_shards.tokenizer_hash,
+                                "nats": [round(float(v), 4) for v in block_nats]}, separators=(",", ":")) + "\n")
 
 
 def final_metrics(cfg: TrainConfig, model: torch.nn.Module, eval_shards: TokenShards, block: int, rt: Runtime,
