@@ -176,3 +176,20 @@ def test_off_writes_only_an_empty_label_table(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "d" / "plant").iterdir()) == [LABELS_FILE]
     assert pl.read_parquet(tmp_path / "d" / "plant" / LABELS_FILE).is_empty()
     assert json.loads((tmp_path / "metrics" / "plant.json").read_text())["enabled"] is False
+
+
+def test_default_dag_does_not_route_through_plant():
+    """Off by default, and nothing reads plant's output unless `clean.input: plant` (the noise study)."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert params["plant"]["enabled"] is False and params["clean"]["input"] == "ingest"
+    assert PlantConfig.from_dict(params["plant"]) == PlantConfig()   # defaults equal params.yaml
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    assert stages["clean"]["do"]["deps"][0].startswith("data/${clean.input}/${item}")
+    readers = [name for name, st in stages.items() for d in (st.get("do", st).get("deps") or [])
+               if str(d).startswith("data/plant")]
+    assert readers == []
