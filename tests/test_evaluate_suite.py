@@ -87,8 +87,8 @@ def test_each_multiple_choice_format_scores_one_for_a_model_that_knows_the_answe
     assert [item["choices"][item["label"]] for item in items] == RIGHT[fmt]
     knows = bigram_knowing([item["context"][-1] + item["choices"][item["label"]] for item in items], tok)
     assert score_task(knows, tok, items, "multiple_choice") == {
-        "acc": 1.0, "acc_norm": 1.0, "n": len(items), "chance": pytest.approx(sum(1 / len(i["choices"]) for i in items)
-                                                                              / len(items))}
+        "acc": 1.0, "acc_norm": 1.0, "n": len(items), "acc_stderr": 0.0,
+        "chance": pytest.approx(sum(1 / len(i["choices"]) for i in items) / len(items))}
     decoy = [item["context"][-1] + item["choices"][(item["label"] + 1) % len(item["choices"])] for item in items]
     wrong = score_task(bigram_knowing(decoy, tok), tok, items, "multiple_choice")  # knows another answer
     assert wrong["acc"] == wrong["acc_norm"] == 0.0
@@ -113,7 +113,7 @@ def test_lambada_counts_a_word_only_when_greedy_decoding_reproduces_it(tmp_path)
     assert [i["target"] for i in items] == [" cat", " cat", " dog"]
     knows_cat = bigram_knowing(["y cat", "e cat"], tok)  # after 'y' or 'e' the argmaxes spell " cat", never " dog"
     assert score_task(knows_cat, tok, items, "last_word") == {"acc": pytest.approx(2 / 3), "acc_norm": None, "n": 3,
-                                                              "chance": 0.0}
+                                                              "chance": 0.0, "acc_stderr": pytest.approx(1 / 3)}
 
 
 def test_rows_are_scored_as_one_pass_would_score_them():

@@ -105,11 +105,16 @@ def chance(items: list[dict], kind: str) -> float:
     return 0.0 if kind == LAST_WORD else float(np.mean([1.0 / len(item["choices"]) for item in items]))
 
 
+def stderr(acc: float, n: int) -> float:
+    """Binomial standard error of an accuracy over n items (lm-eval-harness' acc_stderr)."""
+    return float(np.sqrt(acc * (1 - acc) / max(1, n - 1)))
+
+
 def task_accuracy(items: list[dict], scores: list[Scored], kind: str) -> dict:
-    """acc, acc_norm (None for last word), n and chance from the rows' scores (encode_items' order)."""
+    """acc, acc_norm (None for last word), n, chance and acc_stderr from the rows' scores (encode_items' order)."""
     if kind == LAST_WORD:
         acc = float(np.mean([s.greedy for s in scores]))
-        return {"acc": acc, "acc_norm": None, "n": len(items), "chance": 0.0}
+        return {"acc": acc, "acc_norm": None, "n": len(items), "chance": 0.0, "acc_stderr": stderr(acc, len(items))}
     raw = norm = 0
     pos = 0
     for item in items:
@@ -118,7 +123,8 @@ def task_accuracy(items: list[dict], scores: list[Scored], kind: str) -> dict:
         pos += k
         raw += int(np.argmax([s.logprob for s in mine]) == item["label"])
         norm += int(np.argmax([s.logprob / choice_bytes(c) for s, c in zip(mine, item["choices"])]) == item["label"])
-    return {"acc": raw / len(items), "acc_norm": norm / len(items), "n": len(items), "chance": chance(items, kind)}
+    n = len(items)
+    return {"acc": raw / n, "acc_norm": norm / n, "n": n, "chance": chance(items, kind), "acc_stderr": stderr(raw / n, n)}
 
 
 def score_task(model: nn.Module, tok, items: list[dict], kind: str, batch_size: int = 32,
