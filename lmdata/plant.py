@@ -48,8 +48,8 @@ LABELS_FILE = "labels.parquet"
 
 
 def _default_rates() -> dict[str, float]:
-    return {"exact_copy": 0.2, "near_copy": 0.5, "non_english": 0.2, "boilerplate": 0.2, "markup": 0.2,
-            "code_table": 0.2, "fragment": 0.2}
+    return {"exact_copy": 0.2, "near_copy": 0.5, "non_english": 0.5, "boilerplate": 1.0, "markup": 0.5,
+            "code_table": 0.5, "fragment": 0.5}
 
 
 @dataclass
