@@ -340,8 +340,22 @@ def add_ablate(sub) -> None:
     p.set_defaults(func=run)
 
 
+def add_plant_report(sub) -> None:
+    p = sub.add_parser("plant-report", help="per-step recall and precision on the planted noise (docs/NOISE.md)")
+    p.add_argument("--data", default="data", help="the data root holding plant/, clean/, dedup/, filter/")
+    p.add_argument("--out", default="reports/noise", help="folder for recall.md, recall.json, recall.png")
+
+    def run(args: argparse.Namespace) -> int:
+        from lmdata.plant_recall import markdown, plant_report
+
+        print(markdown(plant_report(Path(args.data), Path(args.out))))
+        return 0
+
+    p.set_defaults(func=run)
+
+
 EXTRA_COMMANDS: list = [add_sample_command, add_evaluate_command, add_serve, add_chat_command, add_ablate,
-                        lambda sub: add_plots_command(sub, dvc)]
+                        add_plant_report, lambda sub: add_plots_command(sub, dvc)]
 
 
 def main(argv: list[str] | None = None) -> int:
