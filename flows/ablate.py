@@ -205,8 +205,14 @@ def noise_section(spec: AblationSpec, runs: list[Run], params: dict, existing: d
         return f"\n## Planted noise: recall and precision\n\nNot measured: {type(e).__name__}: {e}\n"
     publish_image(f"ablate-{spec.name}-recall".lower().replace("_", "-"), out_dir / "noise" / "recall.png",
                   f"{spec.name}: recall and precision", f"ablation {spec.name}: per-step recall on planted noise")
+    planted = sh("git", "show", f"{existing[run.exp_name]}:metrics/plant.json", env=ablation_env(), check=False)
+    table = ""
+    if planted.returncode == 0:
+        from flows.plant import report_markdown
+
+        table = report_markdown(json.loads(planted.stdout)).replace("# plant / corpus\n\n", "What was planted: ") + "\n\n"
     return (f"\n## Planted noise: recall and precision (variant `{full}`, seed {run.seed}, before training)\n\n"
-            f"{markdown(result)}\n\n![recall per step and kind](noise/recall.png)\n")
+            f"{table}{markdown(result)}\n\n![recall per step and kind](noise/recall.png)\n")
 
 
 def failure_log(name: str, env: dict) -> str:
