@@ -34,7 +34,7 @@ SMOKE_GPT = {"n_layer": 2, "n_head": 2, "n_embd": 64, "dropout": 0.0}
 SMOKE_BLOCK = 128
 SMOKE_STEPS = 3
 CODE = ("lmdata", "lmtrain", "flows", "init")  # init/none: the placeholder init_from path dvc.yaml tracks
-TRAINING = ("sft", "reward", "judge", "ppo", "dpo", "align_eval")
+TRAINING = ("sft", "reward", "judge", "ppo", "rloo", "dpo", "align_eval", "align_curve")
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -103,7 +103,10 @@ def smoke_params(params: dict, profile: dict, bf16_ok: bool, steps: int = SMOKE_
              "judge": dict(epochs=1, max_response_tokens=16),
              "dpo": dict(epochs=1, max_response_tokens=16),
              "ppo": dict(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=8, minibatch_size=4,
-                         ppo_epochs=1),
+                         ppo_epochs=1, checkpoint_every=1),
+             "rloo": dict(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=8, minibatch_size=4,
+                          update_epochs=1, checkpoint_every=1),
+             "align_curve": dict(prompts=4, samples_per_prompt=1, max_new_tokens=8),
              "align_eval": dict(prompts=4, samples_per_prompt=1, max_new_tokens=8, markdown_prompts=1)}
     for name in TRAINING:
         section = p.setdefault(name, {}) or {}

@@ -126,7 +126,8 @@ def judge(params: dict) -> dict:
 def ppo(params: dict) -> dict:
     cfg = config(PPOConfig, params, "ppo")
     m = train_ppo(cfg, OUT / "sft/checkpoint", OUT / "reward/checkpoint", INSTRUCTIONS, OUT / "ppo",
-                  on_progress=ui_progress("ppo-progress", f"PPO: {cfg.steps} rollout/update steps"))
+                  on_progress=ui_progress("ppo-progress", f"PPO: {cfg.steps} rollout/update steps"),
+                  held_out_dir=EVAL_INSTRUCTIONS)
     write_train_metrics("ppo", scalars(m))
     log = OUT / "ppo" / "log.csv"
     plots = Path("plots/ppo")

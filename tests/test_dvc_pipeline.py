@@ -71,7 +71,7 @@ def rerun_set(key: str) -> set[str]:
     return {st.addressing for st in direct | {a for st in direct for a in nx.ancestors(graph, st)}}
 
 
-ALIGN = {"sft", "reward", "judge", "ppo", "dpo", "align_eval"}
+ALIGN = {"sft", "reward", "judge", "ppo", "rloo", "dpo", "align_eval", "align_curve"}
 DATASETS = ("corpus", "instructions", "comparisons")
 TRAIN_SIDE = {f"{s}@{d}" for s in ("dedup", "filter", "balance") for d in DATASETS}
 
@@ -79,7 +79,8 @@ TRAIN_SIDE = {f"{s}@{d}" for s in ("dedup", "filter", "balance") for d in DATASE
 @pytest.mark.parametrize("key, expected", [
     ("tokenizer.vocab_size", {"tokenizer", "pretokenize", "pretrain", *ALIGN}),
     ("balance.corpus.weights", {"balance@corpus", "tokenizer", "pretokenize", "pretrain", *ALIGN}),
-    ("balance.comparisons.enabled", {"balance@comparisons", "reward", "judge", "ppo", "dpo", "align_eval"}),
+    ("balance.comparisons.enabled", {"balance@comparisons", "reward", "judge", "ppo", "rloo", "dpo", "align_eval",
+                                     "align_curve"}),
     ("pretrain.gpt.learning_rate", {"pretrain", *ALIGN}),
     # what ablations vary never reaches the evaluation set; its own settings rerun it and what follows
     ("dedup.near", {*TRAIN_SIDE, "tokenizer", "pretokenize", "pretrain", *ALIGN}),

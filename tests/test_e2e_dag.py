@@ -39,7 +39,9 @@ def tiny_profile(params: dict) -> dict:
     params["sft"].update(epochs=1, max_response_tokens=16)
     params["reward"].update(epochs=1)
     params["judge"].update(epochs=1)
-    params["ppo"].update(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=8)
+    params["ppo"].update(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=8, checkpoint_every=1)
+    params["rloo"].update(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=8, checkpoint_every=1)
+    params["align_curve"].update(prompts=4, max_new_tokens=8)
     params["dpo"].update(epochs=1)
     params["align_eval"].update(samples_per_prompt=1, max_new_tokens=8)
     params["evaluate"]["derived"].update(items=20)
@@ -86,12 +88,15 @@ def test_dvc_repro_runs_the_whole_dag(tmp_path, prefect_server):
     suite = json.loads((metrics / "evaluate.json").read_text())  # every model on the evaluation suite
     assert set(suite["models"]) == set(params["evaluate"]["models"]) and {"heldout_last_word"} < set(suite["tasks"])
     assert all(0 < m["eval_bpb"] < 20 and m["core"] is not None for m in suite["models"].values())
+    curve = json.loads((metrics / "align_curve.json").read_text())
+    assert set(curve["chosen"]) == {"ppo", "rloo"} and curve["split"] == "dev"
+    assert (repo / "models" / "rloo" / "checkpoints" / "step_0002").is_dir()
     second = subprocess.run([dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert "Running stage" not in second.stdout
     assert_forced_rerun_is_byte_identical(repo, dvc, env)
 
 
-TRAINING = ("pretrain", "sft", "reward", "judge", "ppo", "dpo", "align_eval")
+TRAINING = ("pretrain", "sft", "reward", "judge", "ppo", "rloo", "dpo", "align_eval", "align_curve")
 
 
 def assert_forced_rerun_is_byte_identical(repo: Path, dvc: str, env: dict) -> None:
