@@ -1,0 +1,203 @@
+"""The data stages at scale: ingest → evalset → clean → dedup → filter on a generated corpus (the sample's
+pieces with words replaced, ~20% planted exact and near copies; bench/scale_lib/corpus.py) at 0.1 and
+1 GB, on the local process-pool runner with 1 and 2 workers and on a local Ray (inside a loopback-only
+network namespace), plus datatrove's MinHash signature stage and ours on the same documents.
+
+    python bench/scale.py [--quick] [--sizes 0.1,1] [--runs processes:1,processes:2,ray:2]
+                          [--corpus-dir /work/scratch/scale] [--datatrove-mb 16]
+
+Per stage: documents/s and MB/s per core (CPU seconds of the driver and every worker, orchestration
+processes apart: the box is shared, wall time is inflated by others), peak working memory of the
+driver and of each worker process, and the growth of each from the smallest to the largest size.
+Writes bench/results/scale.json: rows (ratio > 1 = better) plus every run's per-stage figures.
+The corpus (never committed) lives under --corpus-dir, default a folder under /tmp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from scale_lib.corpus import write_corpus  # noqa: E402
+
+TARGET_MB_PER_CORE = 2.0  # issue 17: end to end, ingest → dedup → filter on the 1 GB corpus
+DATATROVE_PUBLISHED = 0.9  # MB/s per core, MinHash signatures on FineWeb
+
+
+def raw_sample() -> Path:
+    for cand in (ROOT / "data" / "raw", ROOT / ".cache" / "tests" / "raw", Path("/work/main/data/raw")):
+        if (cand / "shakespeare").is_dir():
+            return cand
+    sys.exit("no sample data: run `dvc repro fetch` first")
+
+
+def sample_paths(node, raw: Path):
+    if isinstance(node, dict):
+        return {k: sample_paths(v, raw) for k, v in node.items()}
+    if isinstance(node, list):
+        return [sample_paths(v, raw) for v in node]
+    if isinstance(node, str) and node.startswith("data/raw/"):
+        return str(raw / node.removeprefix("data/raw/"))
+    return node
+
+
+def scale_params(work: Path, corpus: Path, raw: Path, kind: str, workers: int, max_train_docs: int) -> dict:
+    """params.yaml with one JSONL source per corpus file, data and models inside `work`."""
+    params = sample_paths(yaml.safe_load((ROOT / "params.yaml").read_text()), raw)
+    params["data"]["root"] = str(work / "data")
+    params["runner"] = {"kind": kind, "workers": workers}
+    params["ingest"]["corpus"] = {"sources": [
+        {"type": "jsonl", "source": f"part{i:03d}", "path": str(p), "fields": {"source": "source"}}
+        for i, p in enumerate(sorted(corpus.glob("shard-*.jsonl")))]}
+    params["filter"]["model_dir"] = str(work / "models" / "quality")
+    params["filter"]["quality"].update(positive_source="curated", max_train_docs=max_train_docs)
+    return params
+
+
+def run_pipeline(params: dict, work: Path, kind: str) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(work / ".prefect"),
+           "PREFECT_LOGGING_LEVEL": "WARNING", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("PREFECT_API_URL", None)
+    cmd = [sys.executable, "-m", "bench.scale_lib.run", str(work / "params.yaml"), str(work / "run.json")]
+    if kind in ("ray", "dask"):  # never outside a loopback-only network namespace (see tests/offline_runners.py)
+        script = ("ip link set lo up && python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(3); "
+                  "sys.exit(0 if s.connect_ex((\"1.1.1.1\", 53)) else 1)' && exit 3; exec " + " ".join(cmd))
+        cmd = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "bash", "-c", script]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"{kind} run failed (exit {proc.returncode}); see {work}")
+    return json.loads((work / "run.json").read_text())
+
+
+SIGNATURES = r"""
+import json, sys, time, resource
+import polars as pl
+mode, src, out = sys.argv[1], sys.argv[2], sys.argv[3]
+texts = [json.loads(line)["text"] for line in open(src, encoding="utf-8")]
+mb = sum(len(t.encode()) for t in texts) / 1e6
+if mode == "ours":
+    from lmdata.dedup import DedupConfig, sign_shard
+    import yaml
+    cfg = DedupConfig.from_dict(yaml.safe_load(open("params.yaml"))["dedup"])
+    df = pl.DataFrame({"id": [str(i) for i in range(len(texts))], "split": ["train"] * len(texts), "text": texts})
+    c0 = time.process_time()
+    sign_shard(df, ["text"], cfg, __import__("pathlib").Path(out) / "s", "s")
+else:
+    import xxhash
+    import datatrove.utils.hashes.xxhash as dt_xx  # datatrove 0.10 hands str to xxhash, which now wants bytes
+    dt_xx.xxhash64 = lambda data: xxhash.xxh64_intdigest(data.encode() if isinstance(data, str) else data)
+    from datatrove.data import Document
+    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
+    from datatrove.utils.hashing import HashConfig
+    step = MinhashDedupSignature(output_folder=out, config=MinhashConfig(
+        hash_config=HashConfig(precision=64), num_buckets=14, hashes_per_bucket=8, n_grams=5))
+    docs = [Document(text=t, id=str(i)) for i, t in enumerate(texts)]
+    c0 = time.process_time()
+    step.run(iter(docs), rank=0, world_size=1)
+cpu = time.process_time() - c0
+print(json.dumps({"docs": len(texts), "mb": mb, "cpu_s": cpu}))
+"""
+
+
+def signature_speeds(corpus: Path, mb: float, work: Path) -> dict:
+    """MB/s per core of datatrove's MinhashDedupSignature and our sign_shard on the first `mb` MB of texts."""
+    subset = work / "subset.jsonl"
+    work.mkdir(parents=True, exist_ok=True)
+    with open(subset, "wb") as out, open(sorted(corpus.glob("shard-*.jsonl"))[0], "rb") as src:
+        for line in src:
+            out.write(line)
+            if out.tell() >= mb * 1e6:
+                break
+    res = {}
+    for mode in ("ours", "datatrove"):
+        out = work / f"sig-{mode}"
+        out.mkdir(exist_ok=True)
+        proc = subprocess.run([sys.executable, "-c", SIGNATURES, mode, str(subset), str(out)], cwd=ROOT,
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if proc.returncode:
+            raise RuntimeError(proc.stderr[-3000:])
+        res[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"  signatures {mode:9s} {res[mode]['mb'] / res[mode]['cpu_s']:6.2f} MB/s per core "
+              f"({res[mode]['docs']} docs, {res[mode]['mb']:.1f} MB)", flush=True)
+    return res
+
+
+def stage_rows(label: str, run: dict, corpus_mb: float) -> list[dict]:
+    rows = []
+    total_cpu = sum(s["cpu_s"] for s in run["stages"])
+    rows.append({"measure": f"end_to_end_mb_per_cpu_s_{label}", "ours": corpus_mb / total_cpu,
+                 "baseline": "issue 17 aim: 2 MB/s per core, ingest → filter", "baseline_value": TARGET_MB_PER_CORE,
+                 "unit": "MB/CPU-s", "ratio": corpus_mb / total_cpu / TARGET_MB_PER_CORE})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one 10 MB corpus, one worker, 2 MB of signatures")
+    ap.add_argument("--sizes", default="0.1,1", help="corpus sizes in GB")
+    ap.add_argument("--runs", default="processes:1,processes:2,ray:2", help="kind:workers at the smallest size")
+    ap.add_argument("--large-runs", default="processes:2", help="kind:workers at the other sizes")
+    ap.add_argument("--corpus-dir", type=Path, default=Path(tempfile.gettempdir()) / "lmforge-scale")
+    ap.add_argument("--datatrove-mb", type=float, default=16.0)
+    ap.add_argument("--max-train-docs", type=int, default=20000, help="filter.quality.max_train_docs")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale.json")
+    ap.add_argument("--append", action="store_true", help="add this invocation's runs to --out's")
+    args = ap.parse_args()
+    if args.quick:
+        args.sizes, args.runs, args.large_runs, args.datatrove_mb = "0.01", "processes:1", "", 2.0
+    sizes = [float(s) for s in args.sizes.split(",")]
+    raw = raw_sample()
+    runs, rows = [], []
+    if args.append and args.out.exists():
+        earlier = json.loads(args.out.read_text())
+        runs, rows = earlier["runs"], earlier["rows"]
+    for n, gb in enumerate(sizes):
+        corpus = args.corpus_dir / f"corpus-{gb:g}gb"
+        t0 = time.perf_counter()
+        planted = write_corpus(raw, corpus, gb * 1000)
+        corpus_mb = planted["bytes"] / 1e6
+        print(f"corpus {gb:g} GB: {planted} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if n == 0:
+            sig = signature_speeds(corpus, args.datatrove_mb, args.corpus_dir / "signatures")
+            o, d = (sig[m]["mb"] / sig[m]["cpu_s"] for m in ("ours", "datatrove"))
+            rows.append({"measure": "minhash_signatures_mb_per_cpu_s", "ours": o,
+                         "baseline": "datatrove MinhashDedupSignature (14 x 8, 5-grams), same documents",
+                         "baseline_value": d, "unit": "MB/CPU-s", "ratio": o / d})
+        for spec in (args.runs if n == 0 else args.large_runs).split(","):
+            if not spec:
+                continue
+            kind, workers = spec.split(":")
+            label = f"{gb:g}gb_{kind}{workers}"
+            work = args.corpus_dir / f"work-{label}"
+            shutil.rmtree(work, ignore_errors=True)
+            print(f"run {label}", flush=True)
+            params = scale_params(work, corpus, raw, kind, int(workers), args.max_train_docs)
+            run = run_pipeline(params, work, kind)
+            run.update(label=label, gb=gb, corpus_mb=corpus_mb, planted=planted)
+            runs.append(run)
+            rows += stage_rows(label, run, corpus_mb)
+            shutil.rmtree(work / "data", ignore_errors=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"benchmark": "scale", "rows": rows, "runs": runs}, indent=1) + "\n")
+    for r in rows:
+        print(f"{r['measure']:<40} ours {r['ours']:9.2f} {r['unit']:<10} baseline {r['baseline_value']:9.2f}  "
+              f"ratio {r['ratio']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""One measured pipeline run: ingest → evalset → clean → dedup → filter on a generated corpus, in this
+process, with the task runner the params name; per stage CPU seconds (this process and every
+descendant: task-runner workers, Ray workers), wall seconds and peak working memory.
+
+    python -m bench.scale_lib.run PARAMS.yaml OUT.json        (for Ray: inside a loopback-only namespace)
+
+A sampler thread reads /proc every 0.2 s: each process's RSS and CPU time. Task processes (process-pool
+and Ray workers) are told apart from orchestration (the Prefect server, Ray's raylet/GCS) by their
+command line; the CPU of orchestration is reported apart and not counted as stage work. Peaks of
+processes shorter than the sampling period can be missed; the driver's own peak comes from the sampler
+too (its RSS before each stage subtracted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+STAGES = ["ingest", "evalset", "clean", "dedup", "filter"]
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICK = os.sysconf("SC_CLK_TCK")
+ORCHESTRATION = ("prefect", "uvicorn", "raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py",
+                 "runtime_env", "ray_client")
+
+
+def proc_table() -> dict[int, tuple[int, float, float, str]]:
+    """pid -> (parent pid, RSS MB, CPU seconds, command line) for every process visible."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            rss = int(Path(f"/proc/{entry}/statm").read_text().split()[1]) * PAGE / 1e6
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(entry)] = (int(fields[1]), rss, (int(fields[11]) + int(fields[12])) / TICK, cmd[:200])
+    return out
+
+
+class Sampler(threading.Thread):
+    """Per descendant process: peak RSS and last CPU seconds; per stage: the driver's peak RSS."""
+
+    def __init__(self, period: float = 0.2):
+        super().__init__(daemon=True)
+        self.period, self.stop = period, threading.Event()
+        self.procs: dict[int, dict] = {}
+        self.driver_peak = 0.0
+        self.lock = threading.Lock()
+
+    def sample(self) -> None:
+        table = proc_table()
+        me = os.getpid()
+        mine = {me}
+        changed = True
+        while changed:  # descendants: walk parent links until nothing new joins
+            changed = False
+            for pid, (ppid, *_rest) in table.items():
+                if ppid in mine and pid not in mine:
+                    mine.add(pid)
+                    changed = True
+        with self.lock:
+            for pid in mine:
+                _, rss, cpu, cmd = table[pid]
+                if pid == me:
+                    self.driver_peak = max(self.driver_peak, rss)
+                    continue
+                p = self.procs.setdefault(pid, {"cmd": cmd, "peak_mb": 0.0, "first_mb": rss, "cpu": 0.0})
+                p["peak_mb"], p["cpu"], p["alive"] = max(p["peak_mb"], rss), cpu, True
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.sample()
+            time.sleep(self.period)
+
+    def snapshot(self) -> dict[int, dict]:
+        with self.lock:
+            return {pid: dict(p) for pid, p in self.procs.items()}
+
+    def reset_peaks(self) -> None:
+        with self.lock:
+            self.driver_peak = 0.0
+            for p in self.procs.values():
+                p["peak_mb"] = 0.0
+
+
+def is_orchestration(cmd: str) -> bool:
+    return any(k in cmd for k in ORCHESTRATION) and "default_worker" not in cmd
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def input_bytes(folder: Path) -> tuple[int, int]:
+    """(documents, UTF-8 text bytes) of a stage's input shards (kept rows only)."""
+    import polars as pl
+
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        return 0, 0
+    df = pl.scan_parquet(files).select(pl.len().alias("n"), pl.col("text").str.len_bytes().sum().alias("b")).collect()
+    return int(df["n"][0]), int(df["b"][0] or 0)
+
+
+def run(params: dict, out: Path) -> dict:
+    from flows._stage import task_runner
+
+    stage_flows = {}
+    for name in STAGES:
+        mod = __import__(f"flows.{name}", fromlist=["x"])
+        stage_flows[name] = getattr(mod, "filter_stage" if name == "filter" else name)
+    root = Path(params["data"]["root"])
+    kind = params["runner"]["kind"]
+    sampler = Sampler()
+    sampler.start()
+    if kind == "ray":  # one local Ray for every stage (inside the caller's loopback-only namespace)
+        import ray
+
+        ray.init(**task_runner(params).init_kwargs)
+    inputs = {"ingest": None, "evalset": root / "ingest" / "corpus", "clean": root / "ingest" / "corpus",
+              "dedup": root / "clean" / "corpus", "filter": root / "dedup" / "corpus"}
+    stages = []
+    for name in STAGES:
+        docs_in, bytes_in = input_bytes(inputs[name]) if inputs[name] else (None, None)
+        sampler.sample()
+        before = sampler.snapshot()
+        sampler.reset_peaks()
+        driver_rss0 = proc_table()[os.getpid()][1]
+        w0, c0, ch0 = time.perf_counter(), time.process_time(), children_cpu()
+        metrics = stage_flows[name].with_options(task_runner=task_runner(params))("corpus", params)
+        wall, own, reaped = time.perf_counter() - w0, time.process_time() - c0, children_cpu() - ch0
+        sampler.sample()
+        after = sampler.snapshot()
+        task_cpu = orch_cpu = 0.0
+        workers = []
+        for pid, p in after.items():
+            delta = p["cpu"] - before.get(pid, {}).get("cpu", 0.0)
+            if is_orchestration(p["cmd"]):
+                orch_cpu += delta
+            elif Path(f"/proc/{pid}").exists():
+                task_cpu += delta  # alive: not in RUSAGE_CHILDREN
+                if p["peak_mb"] > 0:
+                    workers.append(round(p["peak_mb"], 1))
+            elif p["peak_mb"] > 0:
+                workers.append(round(p["peak_mb"], 1))
+        stage = {"stage": name, "wall_s": wall, "cpu_s": own + reaped + task_cpu, "driver_cpu_s": own,
+                 "worker_cpu_s": reaped + task_cpu, "orchestration_cpu_s": orch_cpu,
+                 "driver_work_mb": max(0.0, sampler.driver_peak - driver_rss0), "driver_rss_mb": sampler.driver_peak,
+                 "worker_peak_rss_mb": sorted(workers, reverse=True)[:8],
+                 "rows_in": metrics.get("rows_in"), "rows_kept": metrics.get("rows_kept"),
+                 "rejected_by_reason": metrics.get("rejected_by_reason"), "docs_in": docs_in, "bytes_in": bytes_in}
+        stages.append(stage)
+        print(f"  {name:8s} wall {wall:7.1f} s  cpu {stage['cpu_s']:7.1f} s  (orchestration {orch_cpu:5.1f})  "
+              f"driver work {stage['driver_work_mb']:6.0f} MB  workers {stage['worker_peak_rss_mb'][:3]}  "
+              f"kept {stage['rows_kept']} of {stage['rows_in']}", flush=True)
+    sampler.stop.set()
+    if kind == "ray":
+        ray.shutdown()
+    result = {"runner": params["runner"], "stages": stages}
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main() -> None:
+    params = yaml.safe_load(Path(sys.argv[1]).read_text())
+    os.chdir(Path(sys.argv[1]).parent)  # flows write metrics/ relative to the working directory
+    run(params, Path(sys.argv[2]).resolve())
+
+
+if __name__ == "__main__":
+    main()
