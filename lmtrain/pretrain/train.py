@@ -5,7 +5,8 @@
     torchrun --nproc_per_node 8 -m lmtrain.pretrain.train ...   # same script, data split across ranks
 
 Writes into --out: checkpoint/ (exact resume), curves/train.csv + curves/val.csv (DVC plots),
-loss.png, metrics.json, eval_blocks.json (nats per fixed 512-token block of the evaluation split). Needs only torch, numpy and safetensors (tqdm and vl-convert when present).
+loss.png, metrics.json, eval_blocks.json (nats per fixed 512-token block of the evaluation split).
+Needs only torch, numpy and safetensors (tqdm and vl-convert when present).
 Device, dtype, DDP, seeding, the schedule and the optimizer step are lmtrain.runtime's.
 """
 
