@@ -8,8 +8,8 @@ aggregate. Logic in lmtrain.evaluate.
 Writes `metrics/evaluate.json` (per model: bpb, per task acc / acc_norm / n / chance, core),
 `models/evaluate/` (tasks/<name>.jsonl: the items scored, in one shape; report.md), the DVC plot
 `plots/evaluate/core.csv`, `plots/evaluate/scores.png`, and Prefect artifacts (the table, the plot).
-The models' deps come from the `evaluate-models@<name>` stages (DVC cannot template a mapping into
-deps): each fingerprints one checkpoint into data/sources/evaluate/, which this stage depends on.
+The models' deps come from the `evaluate-models@<i>` stages (DVC cannot template a list into deps):
+each fingerprints one checkpoint into data/sources/evaluate/, which this stage depends on.
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def evaluate(params: dict) -> dict:
         index = {name: {"kind": t["kind"], "format": t.get("format", "derived"), "n": len(t["items"])}
                  for name, t in tasks.items()}
         (tmp / "tasks" / "tasks.json").write_text(json.dumps(index, indent=2) + "\n")
-        results = {name: score_model.with_options(task_run_name=f"evaluate-{name}")(name, ckpt, tmp / "tasks", cfg)
-                   for name, ckpt in cfg.models.items()}
+        results = {m["name"]: score_model.with_options(task_run_name=f"evaluate-{m['name']}")(
+            m["name"], m["path"], tmp / "tasks", cfg) for m in cfg.models}
         rows = score_rows(results, index, cfg.core_metric)
         (tmp / "report.md").write_text(report_markdown(rows, index, cfg))
     metrics = {"core_metric": cfg.core_metric, "tasks": index, "models": results}

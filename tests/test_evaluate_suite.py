@@ -207,7 +207,7 @@ def test_suite_scores_a_bundle_and_bpb_agrees_on_shards_and_re_encoded_text(tmp_
     tok = train_char([alphabet()])
     write_token_shard([text], tok, tmp_path / "tokens" / "eval.bin")
     ckpt = tiny_bundle(tmp_path / "ckpt", tok, [text])
-    cfg = EvaluateConfig(models={"bigram": str(ckpt)}, eval_text=str(evalset), eval_tokens=str(tmp_path / "tokens"),
+    cfg = EvaluateConfig(models=[{"name": "bigram", "path": str(ckpt)}], eval_text=str(evalset), eval_tokens=str(tmp_path / "tokens"),
                          derived={"items": 10, "context_words": 8, "continuation_words": 2, "choices": 3})
     tasks = load_tasks(cfg, check_config(cfg))
     assert {n: len(t["items"]) for n, t in tasks.items()} == {"heldout_continuation": 10, "heldout_last_word": 10}
@@ -223,15 +223,17 @@ def test_suite_scores_a_bundle_and_bpb_agrees_on_shards_and_re_encoded_text(tmp_
 
 
 def test_config_errors_name_the_model_or_setting(tmp_path):
-    with pytest.raises(ConfigError, match=r"evaluate\.models\.rloo: models/rloo/checkpoint is not a checkpoint"):
-        check_config(EvaluateConfig(models={"rloo": "models/rloo/checkpoint"}))
+    with pytest.raises(ConfigError, match=r"evaluate\.models\[0\] \(rloo\): models/rloo/checkpoint is not a checkpoint"):
+        check_config(EvaluateConfig(models=[{"name": "rloo", "path": "models/rloo/checkpoint"}]))
     tok = train_char([alphabet()])
     ckpt = tiny_bundle(tmp_path / "ckpt", tok, ["a"])
     with pytest.raises(ConfigError, match=r"core_metric: 'f1'"):
-        check_config(EvaluateConfig(models={"m": str(ckpt)}, core_metric="f1"))
+        check_config(EvaluateConfig(models=[{"name": "m", "path": str(ckpt)}], core_metric="f1"))
     with pytest.raises(ConfigError, match=r"used twice"):
-        check_config(EvaluateConfig(models={"m": str(ckpt)}, tasks=[{"name": "heldout_last_word", "format": "lambada",
-                                                                       "path": "x"}]))
+        check_config(EvaluateConfig(models=[{"name": "m", "path": str(ckpt)}],
+                                    tasks=[{"name": "heldout_last_word", "format": "lambada", "path": "x"}]))
+    with pytest.raises(ConfigError, match=r"evaluate\.models: a name is used twice"):
+        check_config(EvaluateConfig(models=[{"name": "m", "path": str(ckpt)}] * 2))
 
 
 def test_defaults_equal_params_yaml():
@@ -250,7 +252,8 @@ def stage_project(root: Path, tasks: list[dict]) -> dict:
     write_token_shard([text], tok, root / "data/tokens/eval/eval.bin")
     tiny_bundle(root / "models/a/checkpoint", tok, [text])
     tiny_bundle(root / "models/b/checkpoint", tok, ["w1 w2"])
-    return {"evaluate": {"models": {"knows": "models/a/checkpoint", "other": "models/b/checkpoint"}, "tasks": tasks,
+    return {"evaluate": {"models": [{"name": "knows", "path": "models/a/checkpoint"},
+                                    {"name": "other", "path": "models/b/checkpoint"}], "tasks": tasks,
                          "derived": {"items": 8, "context_words": 8, "continuation_words": 2, "choices": 4}}}
 
 

@@ -35,10 +35,12 @@ DERIVED_KINDS = {"heldout_continuation": MULTIPLE_CHOICE, "heldout_last_word": L
 class EvaluateConfig(RunConfig):
     """params.yaml `evaluate` section; defaults equal params.yaml's."""
 
-    models: dict = field(default_factory=lambda: {
-        "bigram": "models/pretrain/bigram/checkpoint", "mlp": "models/pretrain/mlp/checkpoint",
-        "gpt": "models/pretrain/gpt/checkpoint", "sft": "models/sft/checkpoint", "ppo": "models/ppo/checkpoint",
-        "dpo": "models/dpo/checkpoint"})  # name -> checkpoint folder carrying its tokenizer
+    models: list = field(default_factory=lambda: [
+        {"name": name, "path": path} for name, path in (
+            ("bigram", "models/pretrain/bigram/checkpoint"), ("mlp", "models/pretrain/mlp/checkpoint"),
+            ("gpt", "models/pretrain/gpt/checkpoint"), ("sft", "models/sft/checkpoint"),
+            ("ppo", "models/ppo/checkpoint"), ("dpo", "models/dpo/checkpoint"))])  # {name, path}: a checkpoint
+    # folder carrying its tokenizer; a list, not a mapping, so a profile can replace it whole
     eval_text: str = "data/evalset/corpus"  # the frozen evaluation set (derived tasks; bpb for other tokenizers)
     eval_tokens: str = "data/tokens/eval"  # its token shards: bits per byte where the tokenizer matches
     bpb: bool = True
@@ -75,13 +77,20 @@ def derived_config(cfg: EvaluateConfig) -> DerivedConfig:
 
 def check_config(cfg: EvaluateConfig) -> list[TaskSpec]:
     """Everything that can be wrong before any work: models, settings, task entries and files."""
-    if not cfg.models or not all(isinstance(k, str) and isinstance(v, str) for k, v in cfg.models.items()):
-        raise ConfigError("params evaluate.models: expected a mapping name -> checkpoint folder, with one model at least")
-    for name, path in cfg.models.items():
+    if not cfg.models:
+        raise ConfigError("params evaluate.models: empty; list at least one {name, path} of a checkpoint")
+    for i, entry in enumerate(cfg.models):
+        where = f"params evaluate.models[{i}]"
+        if not isinstance(entry, dict) or set(entry) != {"name", "path"} or not all(
+                isinstance(v, str) and v for v in entry.values()):
+            raise ConfigError(f"{where}: expected {{name, path}} (two non-empty strings), got {entry!r}")
         for needed in ("model.json", "model.safetensors", "tokenizer/tokenizer.json"):
-            if not (Path(path) / needed).is_file():
-                raise ConfigError(f"params evaluate.models.{name}: {path} is not a checkpoint folder (no {needed}); "
-                                  "run the stage that trains it, or remove the line")
+            if not (Path(entry["path"]) / needed).is_file():
+                raise ConfigError(f"{where} ({entry['name']}): {entry['path']} is not a checkpoint folder (no {needed}); "
+                                  "run the stage that trains it, or remove the entry")
+    names = [m["name"] for m in cfg.models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"params evaluate.models: a name is used twice in {names}")
     if cfg.core_metric not in CORE_METRICS:
         raise ConfigError(f"params evaluate.core_metric: {cfg.core_metric!r} is not one of {list(CORE_METRICS)}")
     if cfg.max_items < 0 or cfg.batch_size < 1:
