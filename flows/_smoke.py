@@ -34,7 +34,7 @@ SMOKE_GPT = {"n_layer": 2, "n_head": 2, "n_embd": 64, "dropout": 0.0}
 SMOKE_BLOCK = 128
 SMOKE_STEPS = 3
 CODE = ("lmdata", "lmtrain", "flows", "init")  # init/none: the placeholder init_from path dvc.yaml tracks
-TRAINING = ("sft", "reward", "judge", "ppo", "rloo", "dpo", "align_eval", "align_curve")
+TRAINING = ("sft", "reward", "judge", "ppo", "rloo", "dpo", "align_eval", "align_curve", "evaluate")
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -107,7 +107,9 @@ def smoke_params(params: dict, profile: dict, bf16_ok: bool, steps: int = SMOKE_
              "rloo": dict(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=8, minibatch_size=4,
                           update_epochs=1, checkpoint_every=1),
              "align_curve": dict(prompts=4, samples_per_prompt=1, max_new_tokens=8),
-             "align_eval": dict(prompts=4, samples_per_prompt=1, max_new_tokens=8, markdown_prompts=1)}
+             "align_eval": dict(prompts=4, samples_per_prompt=1, max_new_tokens=8, markdown_prompts=1),
+             "evaluate": dict(derived={"items": 8, "context_words": 48, "continuation_words": 8, "choices": 4},
+                              batch_size=4)}
     for name in TRAINING:
         section = p.setdefault(name, {}) or {}
         p[name] = section

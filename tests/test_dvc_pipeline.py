@@ -98,5 +98,5 @@ def with_evaluate(stages: set[str]) -> set[str]:
     """`stages` and the evaluation suite behind them: the fingerprint stage of each model in
     `evaluate.models` that one of them trains (models/<stage>/...), then `evaluate`."""
     models = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["evaluate"]["models"]
-    fingerprints = {f"evaluate-models@{m}" for m, path in models.items() if path.split("/")[1] in stages}
+    fingerprints = {f"evaluate-models@{i}" for i, m in enumerate(models) if m["path"].split("/")[1] in stages}
     return stages | fingerprints | ({"evaluate"} if fingerprints else set())
