@@ -17,12 +17,12 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows._artifacts import publish_image
+from flows._artifacts import image_markdown, publish_image
 from flows._stage import load_params, md_table
 from flows._training import render_ppo_png, ui_progress, write_train_metrics
 from lmdata.errors import ConfigError
 from lmtrain.align.dpo import DPOConfig, train_dpo
-from lmtrain.align.evaluate import AlignEvalConfig, evaluate_alignment
+from lmtrain.align.evaluate import AlignEvalConfig, evaluate_alignment, length_rows, summary_rows
 from lmtrain.align.ppo import PPOConfig, train_ppo
 from lmtrain.align.reward import JudgeConfig, RewardConfig, reward_model_agreement, train_judge, train_reward
 from lmtrain.align.sft import SFTConfig, train_sft
@@ -156,38 +156,41 @@ def dpo(params: dict) -> dict:
     return m
 
 
-EVAL_COLUMNS = {"win_rate": "win rate vs SFT", "win_rate_length_matched": "win rate (length-matched)",
-                "kl_to_reference": "KL to SFT", "mean_length": "mean length", "judge_score": "judge score",
-                "wins_by_length": "wins by length"}
-
-
-def shown(value: object) -> object:
-    """A cell of the alignment table: booleans as yes/no (not right-aligned numbers)."""
-    return ("yes" if value else "no") if isinstance(value, bool) else value
-
-
 @flow(name="align-eval", log_prints=True)
 def align_eval(params: dict) -> dict:
     cfg = config(AlignEvalConfig, params, "align_eval")
+    ckpts = {name: OUT / name / "checkpoint" for name in cfg.policies}
+    missing = [f"{name} ({path})" for name, path in ckpts.items() if not path.is_dir()]
+    if missing:
+        raise ConfigError(f"params align_eval.policies: no checkpoint for {', '.join(missing)}; run its stage "
+                          "first or drop it from the list")
     t0 = time.perf_counter()
-    m = evaluate_alignment(cfg, OUT / "sft/checkpoint", {"ppo": OUT / "ppo/checkpoint", "dpo": OUT / "dpo/checkpoint"},
-                           OUT / "judge/checkpoint", EVAL_INSTRUCTIONS, OUT / "align_eval")
+    m = evaluate_alignment(cfg, OUT / "sft/checkpoint", ckpts, OUT / "judge/checkpoint", EVAL_INSTRUCTIONS,
+                           OUT / "align_eval")
     markdown = m.pop("markdown", "")
     write_train_metrics("align_eval", {**m, "seconds": time.perf_counter() - t0})
-    rows = [{"policy": n, **{title: shown(m[n].get(key)) for key, title in EVAL_COLUMNS.items()}}
-            for n in ("sft", "ppo", "dpo") if isinstance(m.get(n), dict)]
-    create_markdown_artifact(key="align-eval-report", markdown="\n".join(
-        ["# alignment: judge on held-out prompts", "", md_table(rows), "",
-         f"{m['prompts']} held-out prompts x {m['samples_per_prompt']} samples; win rate against the SFT model, "
-         "graded by the judge (a reward model trained on the other half of the comparisons)."]),
-        description="alignment evaluation: one row per policy (win rate vs SFT, KL, length, judge score)")
+    report = ["# alignment: every policy against SFT", "", md_table(summary_rows(m)), "",
+              f"{m['prompts']} {m['split']} prompts ({', '.join(f'{k} {v}' for k, v in m['prompts_by_source'].items())})"
+              f" x {m['samples_per_prompt']} samples at temperature {m['temperature']}. Win rate: the judge (a reward "
+              "model trained on the other half of the comparisons) prefers the policy's reply j to SFT's reply j; "
+              "chrF (0-100): each reply against the reference reply; intervals: bootstrap over prompts; KL: "
+              "nats per reply under the sampling temperature; length flag: mean length more than "
+              f"{cfg.length_margin:.0%} above or below SFT's.", "", "## reply lengths (tokens) and win rate by length",
+              "", md_table(length_rows(m))]
+    curve = OUT / "align_curve" / "curve.png"
+    if curve.exists():  # the over-optimisation curve (stage align_curve)
+        report += ["", image_markdown(curve, "over-optimisation: proxy and held-out reward against KL")]
+    create_markdown_artifact(key="align-eval-report", markdown="\n".join(report),
+                             description=f"alignment evaluation ({m['split']} prompts): one row per policy, "
+                                         "win rate and chrF with intervals, KL, lengths")
     create_markdown_artifact(key="align-eval-samples", markdown=markdown or "(no samples)",
-                             description="alignment evaluation: each model's first reply to held-out prompts")
-    for name in ("ppo", "dpo"):
-        if name in m:
-            p = m[name]
-            print(f"{name}: judge win rate vs SFT {p['win_rate']:.3f}, KL {p['kl_to_reference']:.2f}, "
-                  f"length {p['mean_length']:.1f}{' (wins by length)' if p.get('wins_by_length') else ''}")
+                             description="alignment evaluation: each model's first reply beside the reference")
+    for name in cfg.policies:
+        p = m[name]
+        print(f"{name}: judge win rate vs SFT {p['win_rate']:.3f} [{p['win_rate_lo']:.3f}, {p['win_rate_hi']:.3f}], "
+              f"chrF {p['chrf']:.1f} (SFT {m['sft']['chrf']:.1f}), KL {p['kl_to_reference']:.2f}, "
+              f"length {p['mean_length']:.1f} (SFT {m['sft']['mean_length']:.1f}"
+              f"{', ' + p['length_flag'] if p['length_flag'] else ''})")
     return m
 
 

@@ -16,6 +16,7 @@ from lmtrain.align.metrics import (
     length_matched,
     length_summary,
     per_prompt,
+    reply_logprobs,
     win_rate_by_length,
     wins,
 )
@@ -112,18 +113,21 @@ def test_per_prompt_reshapes_prompt_by_prompt():
         per_prompt([1, 2, 3, 4], 3)
 
 
-def test_kl_to_reference_is_scored_at_the_sampling_temperature():
+def test_reply_logprobs_and_kl_are_scored_at_the_sampling_temperature():
     torch.manual_seed(0)
     cfg = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, dropout=0.0)
     policy, ref = build_model("gpt", cfg, vocab_size=11).eval(), build_model("gpt", cfg, vocab_size=11).eval()
-    prompts, replies = [[1, 2, 3], [4]], [[[5, 6]], [[7, 8, 9]]]
+    prompts, replies = [[1, 2, 3], [4]], [[[5, 6], [7]], [[7, 8, 9], [10, 1]]]
+    got = {id(m): reply_logprobs(m, prompts, replies, temperature=0.5, batch_size=3) for m in (policy, ref)}
+    for m in (policy, ref):  # by hand: log softmax(logits / T) at each reply token, full forward in float64
+        for i, p in enumerate(prompts):
+            for k, r in enumerate(replies[i]):
+                with torch.no_grad():
+                    logp = torch.log_softmax(m(torch.tensor([p + r]))[0][0].double() / 0.5, -1)
+                want = sum(float(logp[len(p) - 1 + j, t]) for j, t in enumerate(r))
+                assert float(got[id(m)][i, k]) == pytest.approx(want, abs=1e-4)
+    kl = kl_to_reference(policy, ref, prompts, replies, pad=0, temperature=0.5, batch_size=3)
+    assert torch.allclose(kl, (got[id(policy)] - got[id(ref)]).reshape(-1))
+    given = kl_to_reference(None, ref, prompts, replies, 0, 0.5, policy_logprobs=got[id(policy)])  # no policy pass
+    assert torch.allclose(given, kl)
     assert kl_to_reference(policy, policy, prompts, replies, pad=0, temperature=0.5).abs().max() == 0
-    got = kl_to_reference(policy, ref, prompts, replies, pad=0, temperature=0.5, batch_size=1)
-    for i, (p, r) in enumerate(zip(prompts, replies)):  # by hand: log softmax(logits / T) at each reply token
-        ids = torch.tensor([p + r[0]])
-        want = 0.0
-        for model, sign in ((policy, 1), (ref, -1)):
-            with torch.no_grad():
-                logp = torch.log_softmax(model(ids)[0][0].double() / 0.5, -1)
-            want += sign * sum(float(logp[len(p) - 1 + j, t]) for j, t in enumerate(r[0]))
-        assert float(got[i]) == pytest.approx(want, abs=1e-4)

@@ -15,6 +15,7 @@ from lmtrain.align.ppo import LOG_FIELDS, PPOConfig, train_ppo
 from lmtrain.align.reward import JudgeConfig, RewardConfig, train_judge, train_reward
 from lmtrain.align.reward_model import load_reward_model, score_ids
 from lmtrain.align.sft import SFTConfig, train_sft
+from lmtrain.align.splits import eval_prompts
 from lmtrain.inference.chat import chat_loop
 from lmtrain.models.bundle import attach_tokenizer, load_gpt
 from lmtrain.models.checkpoint import save_checkpoint
@@ -76,7 +77,7 @@ def chain(tmp_path_factory) -> dict:
     out["ppo"] = train_ppo(pcfg, sft, root / "rm" / "checkpoint", root / "ins", root / "ppo")
     out["dpo"] = train_dpo(DPOConfig(epochs=6, batch_size=4, learning_rate=3e-3, eval_split="all"), sft, root / "cmp",
                            root / "cmp", root / "dpo", rcfg.subset, root / "ins")
-    out["eval"] = evaluate_alignment(AlignEvalConfig(samples_per_prompt=2, max_new_tokens=8), sft,
+    out["eval"] = evaluate_alignment(AlignEvalConfig(samples_per_prompt=2, max_new_tokens=8, split="dev"), sft,
                                      {"ppo": root / "ppo" / "checkpoint", "dpo": root / "dpo" / "checkpoint"},
                                      root / "judge" / "checkpoint", root / "ins", root / "eval")
     out["pcfg"] = pcfg
@@ -144,9 +145,11 @@ def test_alignment_eval_reports_win_rate_kl_and_length(chain):
     m = chain["eval"]
     for name in ("ppo", "dpo"):
         assert 0.0 <= m[name]["win_rate"] <= 1.0
-        assert m[name]["mean_length"] > 0 and isinstance(m[name]["wins_by_length"], bool)
+        assert m[name]["win_rate_lo"] <= m[name]["win_rate"] <= m[name]["win_rate_hi"]
+        assert m[name]["mean_length"] > 0 and m[name]["length_flag"] in (None, "longer", "shorter")
         assert m[name]["kl_to_reference"] == pytest.approx(m[name]["kl_to_reference"])  # finite
-    assert m["prompts"] == 3 and "| ppo |" in m["markdown"]
+    assert m["split"] == "dev" and m["prompts"] == len(eval_prompts(chain["root"] / "ins", "dev"))
+    assert "**ppo:**" in m["markdown"]
     assert json.loads((chain["root"] / "eval" / "metrics.json").read_text())["ppo"] == m["ppo"]
 
 

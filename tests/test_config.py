@@ -39,7 +39,8 @@ def with_profile(base: dict, profile: dict) -> dict:
 def test_alignment_defaults_equal_params_yaml(section):
     cls = SECTIONS[section]
     values = params()[section]
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cls)}  # list settings (align_eval.policies) have a factory
     assert {k: defaults[k] for k in values} == values
     assert {"device", "dtype", "seed"} <= set(values)  # every training section names its device and dtype
 

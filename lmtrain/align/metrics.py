@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lmtrain.align.common import sequence_logprobs
+from lmtrain.align.common import pad_batch, token_logprobs
 from lmtrain.align.reward_model import score_ids
 
 
@@ -145,16 +145,39 @@ def judge_scores(judge, prompts: Sequence[list[int]], replies: Sequence[Sequence
 
 
 @torch.no_grad()
-def kl_to_reference(policy, reference, prompts: Sequence[list[int]], replies: Sequence[Sequence[list[int]]],
-                    pad: int, temperature: float, batch_size: int = 32, autocast=None) -> torch.Tensor:
-    """log π_T(y|x) − log ref_T(y|x) per reply (nats), both at the sampling temperature T: on the policy's
-    own samples its mean estimates KL(π_T ‖ ref_T), the divergence of the distributions sampled."""
-    rows = [(p + r, len(p)) for p, rs in zip(prompts, replies) for r in rs]
+def reply_logprobs(model, prompts: Sequence[list[int]], replies: Sequence[Sequence[list[int]]],
+                   temperature: float = 1.0, batch_size: int = 32, autocast=None, pad: int = 0) -> torch.Tensor:
+    """log p_T(reply | prompt) (prompts, samples): the sum over each reply's tokens under softmax(logits / T),
+    teacher-forced; the vocabulary projection runs only at the positions that predict a reply token."""
+    rows = [(p, r) for p, rs in zip(prompts, replies) for r in rs]
+    device = model.lm_head.weight.device
     out = []
     for i in range(0, len(rows), max(1, batch_size)):
         chunk = rows[i:i + max(1, batch_size)]
+        x = pad_batch([p + r for p, r in chunk], pad).to(device)
+        targets = pad_batch([r for _, r in chunk], pad).to(device)
+        j = torch.arange(targets.size(1), device=device)[None, :]
+        valid = j < torch.tensor([len(r) for _, r in chunk], device=device)[:, None]
+        pos = torch.where(valid, torch.tensor([len(p) - 1 for p, _ in chunk], device=device)[:, None] + j, 0)
         with autocast() if autocast is not None else contextlib.nullcontext():
-            lp = sequence_logprobs(policy, chunk, pad, temperature) - sequence_logprobs(reference, chunk, pad,
-                                                                                        temperature)
-        out.append(lp.float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+            h = model.hidden_states(x)
+            h = h.gather(1, pos[..., None].expand(-1, -1, h.size(-1)))
+            logits = model.lm_head(h)[..., :model.config.vocab_size]
+            out.append((token_logprobs(logits, targets, temperature) * valid).sum(1).float().cpu())
+    flat = torch.cat(out) if out else torch.zeros(0)
+    return flat.view(len(prompts), -1) if len(prompts) else flat
+
+
+def kl_to_reference(policy, reference, prompts: Sequence[list[int]], replies: Sequence[Sequence[list[int]]],
+                    pad: int, temperature: float, batch_size: int = 32, autocast=None,
+                    policy_logprobs: torch.Tensor | None = None) -> torch.Tensor:
+    """log π_T(y|x) − log ref_T(y|x) per reply (flat, prompt by prompt), in nats, both at the sampling
+    temperature T: on the policy's own samples the mean estimates KL(π_T ‖ ref_T).
+
+    `policy_logprobs` (prompts, samples), the log-probs of the draws as generate_replies_batched returns
+    them, save the policy's forward; `policy` is then not run.
+    """
+    if policy_logprobs is None:
+        policy_logprobs = reply_logprobs(policy, prompts, replies, temperature, batch_size, autocast, pad)
+    ref = reply_logprobs(reference, prompts, replies, temperature, batch_size, autocast, pad)
+    return (policy_logprobs.reshape(-1) - ref.reshape(-1)).float()
