@@ -148,25 +148,29 @@ def plant_documents(base: pl.DataFrame, foreign: pl.DataFrame, cfg: PlantConfig)
     def count(kind: str) -> int:
         return round(cfg.rates.get(kind, 0.0) * n_base)
 
-    def origins(rng: random.Random, n: int) -> list[dict]:
+    def origins(rng: random.Random, n: int, pool: list[dict] | None = None) -> list[dict]:
+        pool = pool or docs
         picks: list[dict] = []
         while len(picks) < n:
-            picks += rng.sample(docs, min(n - len(picks), n_base))
+            picks += rng.sample(pool, min(n - len(picks), len(pool)))
         return picks
 
     if n_base == 0:
         return rows, labels
     rng = random.Random(f"{cfg.seed}:exact_copy")
     n = count("exact_copy")
+    exact_origins = origins(rng, -(-n // cfg.exact_copies)) if n else []
     for i in range(n):
-        if i % cfg.exact_copies == 0:
-            d = origins(rng, 1)[0]
+        d = exact_origins[i // cfg.exact_copies]
         add("exact_copy", i, d["source"], d["text"], d["meta"], origin=d["id"], j=1.0,
             detail=f"copy {i % cfg.exact_copies + 1} of {cfg.exact_copies}")
     rng = random.Random(f"{cfg.seed}:near_copy")
     n = count("near_copy")
     lo, hi = cfg.near_jaccard
-    for i, d in enumerate(origins(rng, n)):
+    # near copies never share an origin with exact copies (while the base allows): dedup names a cluster's
+    # removals by its keeper, so a longer near copy would turn the exact copies' `exact_dup` into `near_dup`
+    taken = {d["id"] for d in exact_origins}
+    for i, d in enumerate(origins(rng, n, [d for d in docs if d["id"] not in taken])):
         target = lo + (hi - lo) * (i + 0.5) / n
         text, detail = near_copy(d["text"], target, rng)
         add("near_copy", i, d["source"], text, d["meta"], origin=d["id"], j=round(jaccard(d["text"], text), 4),

@@ -193,3 +193,11 @@ def test_default_dag_does_not_route_through_plant():
     readers = [name for name, st in stages.items() for d in (st.get("do", st).get("deps") or [])
                if str(d).startswith("data/plant")]
     assert readers == []
+
+
+def test_near_copies_do_not_share_an_origin_with_exact_copies(ingested, tmp_path):
+    ingest, cfg, _ = ingested
+    run(ingest, cfg, tmp_path)
+    labels = pl.read_parquet(tmp_path / LABELS_FILE)
+    origins = {k: set(labels.filter(pl.col("kind") == k)["origin"]) for k in ("exact_copy", "near_copy")}
+    assert len(origins["exact_copy"]) == 2 and not origins["exact_copy"] & origins["near_copy"]
