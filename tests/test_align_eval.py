@@ -71,7 +71,7 @@ def test_another_policy_gets_its_own_figures(setup):
     assert other["kl_to_reference_lo"] <= other["kl_to_reference"] <= other["kl_to_reference_hi"]
     assert 0 <= other["chrf_lo"] <= other["chrf"] <= other["chrf_hi"] <= 100
     assert sum(b["pairs"] for b in other["win_rate_by_length"]) == other["pairs"]
-    assert sum(other["length"]["histogram"].values()) == other["pairs"]
+    assert sum(other["length"]["histogram"]["counts"]) == other["pairs"]
     assert other["length_flag"] in (None, "longer", "shorter")
     assert json.loads((setup["root"] / "out" / "metrics.json").read_text())["other"] == other
     assert "**reference:**" in m["markdown"]
@@ -90,7 +90,9 @@ def test_summary_has_one_row_per_model(setup):
     assert rows[1]["judge win rate vs SFT [95% CI]"] == "0.50 [0.50, 0.50]"
     assert rows[1]["length-matched win rate (pairs)"].endswith(f"({2 * setup['m']['prompts']} of "
                                                                f"{2 * setup['m']['prompts']})")
-    assert [r["policy"] for r in length_rows(setup["m"])] == ["sft", "same", "other"]
+    lengths = length_rows(setup["m"])
+    assert [r["policy"] for r in lengths] == ["sft", "same", "other"]
+    assert list(lengths[2])[:5] == ["policy", "replies <8", "replies 8-15", "replies 16-23", "replies >=24"]
 
 
 def test_a_missing_checkpoint_fails_before_work(setup, tmp_path):

@@ -104,7 +104,7 @@ def test_win_rate_by_length_bins_and_summary():
     assert win_rate_by_length(win, lens, [100, 200])[1] == {"bin": "100-199", "pairs": 0, "win_rate": None}
     s = length_summary(np.arange(1, 11), [4, 8])
     assert s["mean"] == 5.5 and s["quantiles"]["p50"] == 5.5
-    assert s["histogram"] == {"<4": 3, "4-7": 4, ">=8": 3}
+    assert s["histogram"] == {"bins": ["<4", "4-7", ">=8"], "counts": [3, 4, 3]}
 
 
 def test_per_prompt_reshapes_prompt_by_prompt():

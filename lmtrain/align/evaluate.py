@@ -223,7 +223,8 @@ def length_rows(metrics: dict) -> list[dict]:
     rows = []
     for name in ["sft", *metrics.get("policies", [])]:
         m = metrics[name]
-        row = {"policy": name, **{f"replies {b}": c for b, c in m["length"]["histogram"].items()}}
+        hist = m["length"]["histogram"]
+        row = {"policy": name, **{f"replies {b}": c for b, c in zip(hist["bins"], hist["counts"])}}
         for b in m.get("win_rate_by_length", []):
             row[f"win rate {b['bin']}"] = "-" if b["win_rate"] is None else f"{b['win_rate']:.2f} ({b['pairs']})"
         rows.append(row)

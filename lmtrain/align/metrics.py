@@ -128,12 +128,13 @@ def win_rate_by_length(win: np.ndarray, lengths: np.ndarray, edges: Sequence[int
 
 def length_summary(lengths: np.ndarray, edges: Sequence[int],
                    quantiles: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 0.9)) -> dict:
-    """Mean, quantiles and histogram counts (bins from `edges`) of reply lengths in tokens."""
+    """Mean, quantiles and histogram (bin labels and counts, bins from `edges`) of reply lengths in tokens."""
     n = np.asarray(lengths, dtype=np.float64).ravel()
     which = np.searchsorted(np.asarray(edges), n, side="right")
     return {"mean": float(n.mean()) if n.size else None,
             "quantiles": {f"p{round(q * 100)}": float(np.quantile(n, q)) for q in quantiles} if n.size else {},
-            "histogram": {label: int((which == b).sum()) for b, label in enumerate(bin_labels(edges))}}
+            "histogram": {"bins": bin_labels(edges), "counts": [int((which == b).sum())
+                                                                for b in range(len(edges) + 1)]}}
 
 
 def judge_scores(judge, prompts: Sequence[list[int]], replies: Sequence[Sequence[list[int]]], end: int,
