@@ -201,3 +201,10 @@ def test_near_copies_do_not_share_an_origin_with_exact_copies(ingested, tmp_path
     labels = pl.read_parquet(tmp_path / LABELS_FILE)
     origins = {k: set(labels.filter(pl.col("kind") == k)["origin"]) for k in ("exact_copy", "near_copy")}
     assert len(origins["exact_copy"]) == 2 and not origins["exact_copy"] & origins["near_copy"]
+
+
+def test_clean_input_names_a_stage():
+    from flows.clean import clean
+
+    with pytest.raises(ConfigError, match="clean.input"):
+        clean.fn("corpus", {"data": {"root": "nowhere"}, "clean": {"input": "data/plant"}})
