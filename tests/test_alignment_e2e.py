@@ -65,7 +65,8 @@ def chain(tmp_path_factory) -> dict:
         pl.DataFrame(rows).write_parquet(root / name / "part-0.parquet")
 
     out = {"root": root}
-    out["sft"] = train_sft(SFTConfig(epochs=4, batch_size=3, learning_rate=3e-3, samples=2, sample_max_new_tokens=8),
+    out["sft"] = train_sft(SFTConfig(epochs=4, batch_size=3, learning_rate=3e-3, samples=2, sample_max_new_tokens=8,
+                                     eval_split="all"),
                            root / "init", root / "ins", root / "ins", root / "sft")
     sft = root / "sft" / "checkpoint"
     rcfg = RewardConfig(epochs=3, batch_size=3, learning_rate=1e-3, eval_split="all")
@@ -164,7 +165,8 @@ def test_chat_loop_keeps_history_and_exits(chain):
 
 def test_outputs_are_deterministic(chain, tmp_path):
     root = chain["root"]
-    again = train_sft(SFTConfig(epochs=4, batch_size=3, learning_rate=3e-3, samples=2, sample_max_new_tokens=8),
+    again = train_sft(SFTConfig(epochs=4, batch_size=3, learning_rate=3e-3, samples=2, sample_max_new_tokens=8,
+                                eval_split="all"),
                       root / "init", root / "ins", root / "ins", tmp_path / "sft")
     assert (tmp_path / "sft" / "checkpoint" / "model.safetensors").read_bytes() == \
         (root / "sft" / "checkpoint" / "model.safetensors").read_bytes()

@@ -127,7 +127,7 @@ def test_sft_from_an_imported_checkpoint_follows_the_mixture_and_reports_loss_pe
         (tmp_path / split).mkdir()
         (tmp_path / split / "part0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = SFTConfig(epochs=1, batch_size=4, samples=1, sample_max_new_tokens=4, progress=False, device="cpu",
-                    init_from=str(hf_dir))
+                    init_from=str(hf_dir), eval_split="all")  # every held-out row, not only the dev side
     m = train_sft(cfg, cfg.init_from, tmp_path / "train", tmp_path / "eval", tmp_path / "sft")
     model, tok = load_bundle(tmp_path / "sft" / "checkpoint")
     assert tok.hash == model_tokenizer(hf_dir).hash and model.config.vocab_size == tok.vocab_size

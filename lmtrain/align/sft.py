@@ -5,7 +5,8 @@ only the tokens the assistant must produce (its replies and the `<|end|>` closin
 target is -1 (ignored by cross-entropy). Rows are right-padded: with causal attention a real token
 never attends to a pad that comes after it, and positions start at 0 in every row, exactly as at
 inference. Device, dtype, seeding, schedule and optimizer step: lmtrain.runtime. Before any work the
-training conversations are checked against every held-out prompt (lmtrain.align.splits.assert_disjoint).
+training conversations are checked against every held-out prompt (lmtrain.align.splits.assert_disjoint);
+the held-out loss and samples come from the `eval_split` side only (dev: tuning never reads test).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from lmtrain.align.common import fenced, pad_batch
-from lmtrain.align.splits import assert_disjoint, conversation_rows, held_out_conversations
+from lmtrain.align.splits import assert_disjoint, conversation_rows, held_out_conversations, on_side
 from lmtrain.config import OptimConfig
 from lmtrain.data.tables import read_conversations, read_table
 from lmtrain.inference.generate import generate_replies
@@ -50,6 +51,7 @@ class SFTConfig(OptimConfig):
     sample_max_new_tokens: int = 64
     sample_temperature: float = 0.7
     sample_top_k: int = 50  # 0 = off
+    eval_split: str = "dev"  # held-out conversations of eval_loss and samples: dev | test | all (lmtrain.align.splits)
     init_from: str = "models/pretrain/gpt/checkpoint"  # the GPT to fine-tune: this run's, another lmforge
     #                                                    checkpoint or a HF GPT-2 folder (lmtrain.models.init)
 
@@ -120,9 +122,11 @@ def train_sft(cfg: SFTConfig, init_ckpt: str | Path, train_dir: str | Path, eval
     prompt, reference and generated answer). Also writes out_dir/metrics.json and samples.md.
     """
     t0 = time.perf_counter()
+    held = held_out_conversations(eval_dir)
     assert_disjoint(conversation_rows(read_conversations(train_dir, "train")),  # the evaluation prompts never train
-                    [row for row, _ in held_out_conversations(eval_dir)],
-                    (f"SFT training conversations ({train_dir})", f"held-out prompts ({eval_dir})"))
+                    [row for row, _ in held], (f"SFT training conversations ({train_dir})", f"held-out prompts ({eval_dir})"))
+    side = {row["id"] for row in on_side([row for row, _ in held], cfg.eval_split)}
+    held = [(row, conv) for row, conv in held if row["id"] in side]
     rt = setup(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
     out_dir = Path(out_dir)
     model, tok = load_init(init_ckpt, "gpt", cfg.dropout, "sft.init_from")
@@ -133,7 +137,7 @@ def train_sft(cfg: SFTConfig, init_ckpt: str | Path, train_dir: str | Path, eval
     def examples(convs: list[list[dict]]) -> list[tuple[list[int], list[int]]]:
         return [sft_example(truncate_turns(c, cfg.max_response_tokens, tok), tok, max_len) for c in convs]
 
-    train_convs, eval_convs = read_conversations(train_dir, "train"), read_conversations(eval_dir, "eval")
+    train_convs, eval_convs = read_conversations(train_dir, "train"), [conv for _, conv in held]
     train_convs = mixture(train_convs, train_dir)
     if not train_convs:
         raise ValueError(f"{train_dir}: no conversations with split 'train'")
@@ -143,8 +147,7 @@ def train_sft(cfg: SFTConfig, init_ckpt: str | Path, train_dir: str | Path, eval
     total = cfg.epochs * steps_per_epoch
     opt = adamw(model, cfg.weight_decay, cfg.learning_rate, (0.9, 0.95), rt.device.type)
     g = torch.Generator().manual_seed(cfg.seed)  # data order: a CPU generator, the same on every device
-    eval_sources = [r.get("source") or "" for r in read_table(eval_dir, ["id", "split"], optional=["source"])
-                    if r["split"] == "eval"]  # the same rows in the same order as eval_convs (both sorted by id)
+    eval_sources = [row["source"] for row, _ in held]
     loss_before = heldout_loss(model, eval_ex, pad, cfg.batch_size, rt) if eval_ex else float("nan")
     by_source_before = loss_by_source(model, eval_ex, eval_sources, pad, cfg.batch_size, rt)
     history: list[dict] = []
@@ -174,7 +177,7 @@ def train_sft(cfg: SFTConfig, init_ckpt: str | Path, train_dir: str | Path, eval
              / TOKENIZER_DIR)  # the tokenizer it was fine-tuned with (a GPT-2 one gained the chat markers)
     metrics = {"eval_loss": loss_after, "eval_loss_before": loss_before,
                "train_loss": history[-1]["train_loss"] if history else float("nan"), "steps": step,
-               "train_conversations": len(train_ex), "eval_conversations": len(eval_ex),
+               "train_conversations": len(train_ex), "eval_conversations": len(eval_ex), "eval_split": cfg.eval_split,
                "eval_loss_by_source": by_source, "eval_loss_before_by_source": by_source_before,
                "eval_conversations_by_source": dict(sorted(Counter(eval_sources).items())),
                "seconds": time.perf_counter() - t0}
