@@ -144,7 +144,7 @@ def to_row(rec: RawRecord, dataset: str, cfg: IngestConfig, fraction: float,
     if markup:
         meta["markup"] = markup
     row = {
-        "id": document_id(rec.source, rec.locator, text),
+        "id": _document_id(rec.source, rec.locator, data),
         "content_hash": chash,
         "source": rec.source, "locator": rec.locator, "group": group,
         "split": "eval" if is_eval(group, fraction, cfg.eval_salt, forced) else "train",
@@ -155,6 +155,14 @@ def to_row(rec: RawRecord, dataset: str, cfg: IngestConfig, fraction: float,
         value = fields[col]
         row[col] = json.dumps(value, ensure_ascii=False) if col == "messages" else value
     return row, n_bytes
+
+
+def _document_id(source: str, locator: str, data: bytes) -> str:
+    """`document_id(source, locator, text)` from the text's UTF-8 bytes, without joining and encoding
+    the text again (xxh3 streamed over the parts gives the one-shot digest)."""
+    h = xxhash.xxh3_128(f"{source}\x00{locator}\x00".encode("utf-8", errors="surrogatepass"))
+    h.update(data)
+    return h.hexdigest()
 
 
 def reject_row(source: str, locator: str, reason: str, detail: str, raw: str | None,

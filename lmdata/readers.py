@@ -175,15 +175,19 @@ def read_jsonl(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
             for lineno, line in enumerate(f, start=1):
                 loc = f"{rel}:{lineno}"
                 line = line.rstrip(b"\r\n")
-                if not line.strip():
+                if not line or line.isspace():
                     continue
+                repaired = 0
                 try:
-                    dec = decode_utf8(line, invalid_utf8)
-                    text = dec.text
-                except InvalidUTF8 as e:
-                    yield BadRecord(spec["source"], loc, "invalid_utf8", f"{loc}: {e}",
-                                    line.decode("utf-8", errors="replace"))
-                    continue
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError:
+                    try:
+                        dec = decode_utf8(line, invalid_utf8)
+                        text, repaired = dec.text, dec.repaired_bytes
+                    except InvalidUTF8 as e:
+                        yield BadRecord(spec["source"], loc, "invalid_utf8", f"{loc}: {e}",
+                                        line.decode("utf-8", errors="replace"))
+                        continue
                 try:
                     obj = json.loads(text)
                 except json.JSONDecodeError as e:
@@ -194,7 +198,7 @@ def read_jsonl(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
                     yield BadRecord(spec["source"], loc, "malformed_json",
                                     f"{loc}: expected a JSON object, got {type(obj).__name__}", text)
                     continue
-                yield record_of(obj, spec, dataset, loc, {"file": rel, "line": lineno}, dec.repaired_bytes)
+                yield record_of(obj, spec, dataset, loc, {"file": rel, "line": lineno}, repaired)
 
 
 def read_parquet(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
