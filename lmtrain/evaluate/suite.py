@@ -49,7 +49,7 @@ class EvaluateConfig(RunConfig):
     tasks: list = field(default_factory=list)  # your own: {name, format, path[, delimiter]} (tasks.FORMATS)
     max_items: int = 500  # items read per task file (the first ones); 0 = all
     core_metric: str = "acc_norm"  # acc | acc_norm: a multiple-choice task's accuracy in the aggregate
-    batch_size: int = 32  # rows per forward pass
+    batch_size: int = 8  # rows per forward pass
 
 
 def centred(acc: float, chance: float) -> float:
