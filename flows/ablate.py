@@ -222,7 +222,10 @@ def failure_log(name: str, env: dict) -> str:
 
 @flow(name="ablate", log_prints=True)
 def ablate(spec_path: str = "ablations.yaml", seeds: int | None = None, jobs: int | None = None,
-           params_path: str = "params.yaml", reports: str = "reports", order: str | None = None) -> list[dict]:
+           params_path: str = "params.yaml", reports: str = "reports", order: str | None = None,
+           report_only: bool = False) -> list[dict]:
+    """Queue and run every missing experiment, then collect all and write the report; with
+    report_only, queue nothing: report what has finished (e.g. while a grid is still running)."""
     spec = AblationSpec.load(spec_path, order=order)
     spec = spec.with_seeds(seeds) if seeds else spec
     jobs = jobs or spec.jobs
@@ -236,16 +239,17 @@ def ablate(spec_path: str = "ablations.yaml", seeds: int | None = None, jobs: in
     db = out_dir / "results.duckdb"
     cached = {r["run_key"]: r for r in read_results(db)}
     existing = experiment_refs(env)
-    pending = [r for r in runs if r.key not in cached and r.exp_name not in existing]
+    done = [r for r in runs if r.key in cached or r.exp_name in existing]
+    pending = [] if report_only else [r for r in runs if r not in done]
     print(f"ablate {spec.name} ({spec.order}): {len(runs)} runs ({len(spec.variants)} variants × {spec.seeds} seeds), "
-          f"{len(runs) - len(pending)} already done, {len(pending)} to run, {jobs} at a time; "
+          f"{len(done)} already done, {len(pending)} to run, {jobs} at a time; "
           f"{spec.compute.training_tokens:,} training tokens each")
     for r in pending:
         queue_run.with_options(task_run_name=f"queue-{r.exp_name}")(r, spec.target, env)
     if pending:
         run_queue([r.exp_name for r in pending], jobs, env)
         existing = experiment_refs(env)
-    rows, failed = [], []
+    rows, failed, missing = [], [], []
     for r in runs:
         if r.key in cached:
             rows.append(cached[r.key])
@@ -253,11 +257,14 @@ def ablate(spec_path: str = "ablations.yaml", seeds: int | None = None, jobs: in
             rows.append(collect_run.with_options(task_run_name=f"collect-{r.exp_name}")(
                 r, variants[r.variant], spec.compute.model, base_rev, existing[r.exp_name], env))
         else:
-            failed.append(r.exp_name)
+            (missing if report_only else failed).append(r.exp_name)
     write_results(db, rows)
     report = render_report(spec, rows) + noise_section(spec, runs, load_params(params_path), existing, out_dir)
     if failed:
         report += "\n## Failed runs\n\n" + "\n".join(f"- `{n}`" for n in failed) + "\n"
+    if missing:
+        report += ("\n## Not finished when this report was written (`--report-only`)\n\n"
+                   + "\n".join(f"- `{n}`" for n in missing) + "\n")
     (out_dir / "report.md").write_text(report)
     png = render_png(plot_spec(spec, rows), out_dir / "bpb.png") if rows else None
     if rows:
@@ -291,6 +298,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=None, help="experiments run at once (default: the spec's)")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--reports", default="reports")
+    p.add_argument("--report-only", action="store_true",
+                   help="queue nothing: report the experiments that have finished (e.g. while the grid runs)")
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
@@ -301,7 +310,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with shared_server(log_path=log) as url:
         print(f"lmforge ablate: Prefect API at {url}", flush=True)
-        ablate(args.spec, args.seeds, args.jobs, args.params, args.reports, getattr(args, "order", None))
+        ablate(args.spec, args.seeds, args.jobs, args.params, args.reports, getattr(args, "order", None),
+               getattr(args, "report_only", False))
     return 0
 
 

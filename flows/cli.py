@@ -331,6 +331,8 @@ def add_ablate(sub) -> None:
     p.add_argument("--jobs", type=int, default=None)
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--reports", default="reports")
+    p.add_argument("--report-only", action="store_true",
+                   help="queue nothing: report the experiments that have finished (e.g. while the grid runs)")
 
     def run(args: argparse.Namespace) -> int:
         from flows.ablate import cmd_ablate  # imports Prefect: only when the command runs

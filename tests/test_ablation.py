@@ -246,6 +246,10 @@ def test_two_variant_grid_end_to_end(tmp_path, prefect_server, raw_sample):
                             env=env, capture_output=True, text=True, check=True).stdout.split()
     assert sorted(n.rsplit("-", 2)[0] for n in listed) == ["abl-plus-exact", "abl-raw"]  # seen by `dvc exp`
 
-    second = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    # finished runs are not recomputed; --report-only queues nothing and lists what has not run
+    second = subprocess.run([*cmd, "--seeds", "2", "--report-only"], cwd=repo, env=env, capture_output=True,
+                            text=True, timeout=120)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "2 already done, 0 to run" in second.stdout + second.stderr  # finished runs are not recomputed
+    assert "4 runs (2 variants × 2 seeds), 2 already done, 0 to run" in second.stdout + second.stderr
+    unfinished = (repo / "reports/tiny/report.md").read_text().split("## Not finished")[1]
+    assert "abl-raw-s1-" in unfinished and "abl-plus-exact-s1-" in unfinished and "-s0-" not in unfinished
