@@ -26,6 +26,8 @@ from lmdata.text import document_id, normalise_text, normalise_texts, record_tex
 ROLES = ("system", "user", "assistant")
 BATCH_RECORDS = 2048          # records normalised together (one regex scan and NFC check per batch)
 BATCH_CHARS = 16_000_000      # ... or fewer, so a batch of large documents stays small
+# json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str), without building an encoder per row
+_META_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
 
 
 @dataclass
@@ -149,7 +151,7 @@ def to_row(rec: RawRecord, dataset: str, cfg: IngestConfig, fraction: float,
         "source": rec.source, "locator": rec.locator, "group": group,
         "split": "eval" if is_eval(group, fraction, cfg.eval_salt, forced) else "train",
         "text": text, "n_bytes": n_bytes,
-        "meta": json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str),
+        "meta": _META_JSON.encode(meta),
     }
     for col in FIELD_COLUMNS[dataset]:
         value = fields[col]

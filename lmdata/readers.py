@@ -144,9 +144,8 @@ def record_of(obj: dict, spec: dict, dataset: str, locator: str, meta: dict,
         if name in mapping and obj.get(name) is not None:
             meta[name] = obj[name]
     consumed = {*TEXT_FIELDS[dataset], *mapping, *mapping.values(), group_field}
-    others = {k: v for k, v in obj.items() if k not in consumed}
-    if others:
-        meta["fields"] = others
+    if obj.keys() - consumed:
+        meta["fields"] = {k: v for k, v in obj.items() if k not in consumed}
     return RawRecord(source, locator, obj, group=str(group) if group is not None else None, meta=meta,
                      repaired_bytes=repaired_bytes)
 
@@ -172,7 +171,8 @@ def read_jsonl(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
     for path in expand_paths(spec, "**/*.jsonl*"):
         rel = str(path.relative_to(root)) if root.is_dir() else path.name
         with open_text_stream(path) as f:
-            for lineno, line in enumerate(f, start=1):
+            for lineno, line in enumerate((line for block in iter(lambda: f.readlines(1 << 22), [])
+                                           for line in block), start=1):
                 loc = f"{rel}:{lineno}"
                 line = line.rstrip(b"\r\n")
                 if not line or line.isspace():

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from bisect import bisect_right
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import xxhash
@@ -16,6 +18,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # Anything normalise_text would change besides NFC: BOM, CR, the controls above, surrogates.
 _DIRTY = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff\ud800-\udfff]")
 _ASCII_DIRTY = bytes([*range(0x00, 0x09), *range(0x0b, 0x20), 0x7f])  # the same, within ASCII
+_ASCII_TO_NUL = bytes(0 if b in _ASCII_DIRTY else b for b in range(256))
 
 
 class InvalidUTF8(ValueError):
@@ -63,15 +66,19 @@ def normalise_text(text: str) -> str:
 
 def normalise_texts(texts: list[str]) -> list[str]:
     """`normalise_text` over a batch, exactly, touching only the rows that need it. ASCII rows (most,
-    in most corpora) are checked together: one C pass deleting the ASCII controls and CR from their
-    concatenated bytes finds a clean batch at memory speed; other rows are scanned one by one."""
+    in most corpora) are checked together: their concatenated bytes, with every ASCII control and CR
+    mapped to NUL in one C pass, are searched with memchr, and only the rows holding a hit are
+    normalised; other rows are checked one by one (regex, NFC quick check)."""
     out = list(texts)
-    ascii_rows = [t for t in texts if t.isascii()]  # isascii is O(1): CPython stores the flag
-    joined = "".join(ascii_rows).encode("ascii")
-    if len(joined.translate(None, _ASCII_DIRTY)) != len(joined):
-        for i, t in enumerate(texts):
-            if t.isascii() and len(b := t.encode("ascii")) != len(b.translate(None, _ASCII_DIRTY)):
-                out[i] = normalise_text(t)
+    ascii_rows = [i for i, t in enumerate(texts) if t.isascii()]  # isascii is O(1): CPython stores the flag
+    marked = "".join([texts[i] for i in ascii_rows]).encode("ascii").translate(_ASCII_TO_NUL)
+    pos = marked.find(0)
+    if pos >= 0:
+        ends = list(accumulate(len(texts[i]) for i in ascii_rows))
+        while pos >= 0:  # one find per dirty row: skip to the end of the row that holds the hit
+            k = bisect_right(ends, pos)
+            out[ascii_rows[k]] = normalise_text(texts[ascii_rows[k]])
+            pos = marked.find(0, ends[k])
     if len(ascii_rows) != len(texts):
         for i, t in enumerate(texts):
             if not t.isascii() and (_DIRTY.search(t) is not None or not unicodedata.is_normalized("NFC", t)):
