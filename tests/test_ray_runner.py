@@ -1,8 +1,9 @@
-"""`runner.kind: ray` (prefect-ray): byte-identical to the local runner, started only inside a
-loopback-only network namespace; with `runner.ray_address`, a data root every worker can see."""
+"""`runner.kind: ray` (prefect-ray) and `dask` (prefect-dask): byte-identical to the local runner, started
+only inside a loopback-only network namespace; with `runner.ray_address`, a data root every worker can see."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -43,21 +44,25 @@ def test_local_ray_is_bound_to_loopback_without_dashboard():
 
 
 @pytest.mark.slow
-def test_ray_runner_gives_byte_identical_outputs_offline(tmp_path):
-    pytest.importorskip("prefect_ray")
+def test_ray_and_dask_runners_give_byte_identical_outputs_offline(tmp_path):
+    kinds = [k for k, mod in (("ray", "prefect_ray"), ("dask", "prefect_dask")) if importlib.util.find_spec(mod)]
+    if not kinds:
+        pytest.skip("neither prefect-ray nor prefect-dask is installed")
     if not loopback_namespace_works():
-        pytest.skip("no loopback-only network namespace (unshare --net needs root): Ray is never started outside one")
+        pytest.skip("no loopback-only network namespace (unshare --net needs root): Ray and Dask are never "
+                    "started outside one")
     out = tmp_path / "runs.json"
     script = 'ip link set lo up && exec "$@"'
     # its own network namespace (loopback only) and pid namespace: when the run ends or is killed, every
     # process it started (Ray's, Prefect's ephemeral server) goes with it
     proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "bash", "-c", script,
                            "bash", sys.executable, "-m",
-                           "tests.offline_runners", str(out), "threads", "ray"],
-                          cwd=ROOT, env=python_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=420)
+                           "tests.offline_runners", str(out), "threads", *kinds],
+                          cwd=ROOT, env=python_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(out.read_text())
     threads = runs["threads"]
     assert len(threads["files"]) > 6 and sum(threads["rejected_by_reason"].values()) == 1
-    assert runs["ray"]["files"] == threads["files"]
-    assert runs["ray"]["rejected_by_reason"] == threads["rejected_by_reason"]
+    for kind in kinds:
+        assert runs[kind]["files"] == threads["files"], kind
+        assert runs[kind]["rejected_by_reason"] == threads["rejected_by_reason"], kind
