@@ -76,7 +76,7 @@ def run_pipeline(params: dict, work: Path, kind: str) -> dict:
     cmd = [sys.executable, "-m", "bench.scale_lib.run", str(work / "params.yaml"), str(work / "run.json")]
     if kind in ("ray", "dask"):  # never outside a loopback-only network namespace (see tests/offline_runners.py)
         script = ("ip link set lo up && python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(3); "
-                  "sys.exit(0 if s.connect_ex((\"1.1.1.1\", 53)) else 1)' && exit 3; exec " + " ".join(cmd))
+                  "sys.exit(0 if s.connect_ex((\"1.1.1.1\", 53)) == 0 else 1)' && exit 3; exec " + " ".join(cmd))
         cmd = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "bash", "-c", script]
     proc = subprocess.run(cmd, cwd=ROOT, env=env)
     if proc.returncode:
@@ -137,13 +137,64 @@ def signature_speeds(corpus: Path, mb: float, work: Path) -> dict:
     return res
 
 
-def stage_rows(label: str, run: dict, corpus_mb: float) -> list[dict]:
-    rows = []
-    total_cpu = sum(s["cpu_s"] for s in run["stages"])
-    rows.append({"measure": f"end_to_end_mb_per_cpu_s_{label}", "ours": corpus_mb / total_cpu,
-                 "baseline": "issue 17 aim: 2 MB/s per core, ingest → filter", "baseline_value": TARGET_MB_PER_CORE,
-                 "unit": "MB/CPU-s", "ratio": corpus_mb / total_cpu / TARGET_MB_PER_CORE})
+def stage_figures(run: dict) -> list[dict]:
+    """Per stage: documents and MB per CPU-second (input text; ingest: the JSONL), peak RSS of the
+    largest worker process and the driver's working memory."""
+    out = []
+    for st in run["stages"]:
+        mb = run["corpus_mb"] if st["stage"] == "ingest" else (st["bytes_in"] or 0) / 1e6
+        docs = st["rows_in"] if st["stage"] == "ingest" else st["docs_in"]
+        cpu = max(st["cpu_s"], 1e-9)
+        out.append({"stage": st["stage"], "mb": mb, "docs": docs, "cpu_s": cpu, "wall_s": st["wall_s"],
+                    "mb_per_cpu_s": mb / cpu, "docs_per_cpu_s": (docs or 0) / cpu,
+                    "orchestration_cpu_s": st["orchestration_cpu_s"],
+                    "largest_worker_rss_mb": max(st["worker_peak_rss_mb"] or [0.0]),
+                    "driver_work_mb": st["driver_work_mb"]})
+    return out
+
+
+def summarise(runs: list[dict], rows: list[dict]) -> list[dict]:
+    """Rows of bench/results/scale.json: end to end and per stage throughput per core for every run,
+    and how the largest worker's peak memory grows from the smallest to the largest corpus."""
+    rows = [r for r in rows if r["measure"] == "minhash_signatures_mb_per_cpu_s"]
+    aim = "issue 17 aim: 2 MB/s per core end to end"
+    for run in runs:
+        figs = stage_figures(run)
+        total = sum(f["cpu_s"] for f in figs)
+        rows.append({"measure": f"end_to_end_mb_per_cpu_s_{run['label']}", "ours": run["corpus_mb"] / total,
+                     "baseline": aim, "baseline_value": TARGET_MB_PER_CORE, "unit": "MB/CPU-s",
+                     "ratio": run["corpus_mb"] / total / TARGET_MB_PER_CORE})
+        for f in figs:
+            rows.append({"measure": f"{f['stage']}_mb_per_cpu_s_{run['label']}", "ours": f["mb_per_cpu_s"],
+                         "baseline": aim, "baseline_value": TARGET_MB_PER_CORE, "unit": "MB/CPU-s",
+                         "ratio": f["mb_per_cpu_s"] / TARGET_MB_PER_CORE})
+    by_kind: dict[str, list[dict]] = {}
+    for run in runs:
+        by_kind.setdefault(run["label"].split("_", 1)[1], []).append(run)
+    for kind, group in by_kind.items():
+        group = sorted(group, key=lambda r: r["gb"])
+        if len(group) < 2:
+            continue
+        small, large = group[0], group[-1]
+        scale = large["corpus_mb"] / small["corpus_mb"]
+        fs = {f["stage"]: f for f in stage_figures(small)}
+        for f in stage_figures(large):
+            if f["stage"] not in fs:
+                continue
+            growth = f["largest_worker_rss_mb"] / max(fs[f["stage"]]["largest_worker_rss_mb"], 1e-9)
+            rows.append({"measure": f"{f['stage']}_worker_peak_rss_growth_{small['gb']:g}_to_{large['gb']:g}gb_{kind}",
+                         "ours": growth, "baseline": f"linear in corpus size (x{scale:.1f})", "baseline_value": scale,
+                         "unit": "peak RSS ratio, largest worker", "ratio": scale / growth})
     return rows
+
+
+def print_table(runs: list[dict]) -> None:
+    for run in runs:
+        print(f"{run['label']}: {run['corpus_mb']:.0f} MB")
+        for f in stage_figures(run):
+            print(f"  {f['stage']:8s} {f['mb_per_cpu_s']:7.2f} MB/CPU-s {f['docs_per_cpu_s']:8.0f} docs/CPU-s  "
+                  f"cpu {f['cpu_s']:7.1f} s  wall {f['wall_s']:7.1f} s  largest worker {f['largest_worker_rss_mb']:6.0f} MB"
+                  f"  driver work {f['driver_work_mb']:5.0f} MB")
 
 
 def main() -> None:
@@ -153,13 +204,20 @@ def main() -> None:
     ap.add_argument("--runs", default="processes:1,processes:2,ray:2", help="kind:workers at the smallest size")
     ap.add_argument("--large-runs", default="processes:2", help="kind:workers at the other sizes")
     ap.add_argument("--corpus-dir", type=Path, default=Path(tempfile.gettempdir()) / "lmforge-scale")
-    ap.add_argument("--datatrove-mb", type=float, default=16.0)
+    ap.add_argument("--datatrove-mb", type=float, default=16.0, help="0: no signature comparison")
     ap.add_argument("--max-train-docs", type=int, default=20000, help="filter.quality.max_train_docs")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale.json")
     ap.add_argument("--append", action="store_true", help="add this invocation's runs to --out's")
+    ap.add_argument("--report-only", action="store_true", help="recompute --out's rows from its runs")
     args = ap.parse_args()
     if args.quick:
         args.sizes, args.runs, args.large_runs, args.datatrove_mb = "0.01", "processes:1", "", 2.0
+    if args.report_only:
+        res = json.loads(args.out.read_text())
+        res["rows"] = summarise(res["runs"], res["rows"])
+        args.out.write_text(json.dumps(res, indent=1) + "\n")
+        print_table(res["runs"])
+        return
     sizes = [float(s) for s in args.sizes.split(",")]
     raw = raw_sample()
     runs, rows = [], []
@@ -172,7 +230,7 @@ def main() -> None:
         planted = write_corpus(raw, corpus, gb * 1000)
         corpus_mb = planted["bytes"] / 1e6
         print(f"corpus {gb:g} GB: {planted} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        if n == 0:
+        if n == 0 and args.datatrove_mb > 0:
             sig = signature_speeds(corpus, args.datatrove_mb, args.corpus_dir / "signatures")
             o, d = (sig[m]["mb"] / sig[m]["cpu_s"] for m in ("ours", "datatrove"))
             rows.append({"measure": "minhash_signatures_mb_per_cpu_s", "ours": o,
@@ -190,7 +248,7 @@ def main() -> None:
             run = run_pipeline(params, work, kind)
             run.update(label=label, gb=gb, corpus_mb=corpus_mb, planted=planted)
             runs.append(run)
-            rows += stage_rows(label, run, corpus_mb)
+            rows = summarise(runs, rows)
             shutil.rmtree(work / "data", ignore_errors=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps({"benchmark": "scale", "rows": rows, "runs": runs}, indent=1) + "\n")

@@ -161,6 +161,7 @@ def run(params: dict, out: Path) -> dict:
                  "rows_in": metrics.get("rows_in"), "rows_kept": metrics.get("rows_kept"),
                  "rejected_by_reason": metrics.get("rejected_by_reason"), "docs_in": docs_in, "bytes_in": bytes_in}
         stages.append(stage)
+        out.write_text(json.dumps({"runner": params["runner"], "stages": stages, "partial": True}, indent=1))
         print(f"  {name:8s} wall {wall:7.1f} s  cpu {stage['cpu_s']:7.1f} s  (orchestration {orch_cpu:5.1f})  "
               f"driver work {stage['driver_work_mb']:6.0f} MB  workers {stage['worker_peak_rss_mb'][:3]}  "
               f"kept {stage['rows_kept']} of {stage['rows_in']}", flush=True)
