@@ -112,8 +112,12 @@ def test_lambada_counts_a_word_only_when_greedy_decoding_reproduces_it(tmp_path)
     items = read_task(TaskSpec("l", "lambada", str(write_jsonl(tmp_path / "l.jsonl", LAMBADA))))
     assert [i["target"] for i in items] == [" cat", " cat", " dog"]
     knows_cat = bigram_knowing(["y cat", "e cat"], tok)  # after 'y' or 'e' the argmaxes spell " cat", never " dog"
-    assert score_task(knows_cat, tok, items, "last_word") == {"acc": pytest.approx(2 / 3), "acc_norm": None, "n": 3,
-                                                              "chance": 0.0, "acc_stderr": pytest.approx(1 / 3)}
+    got = score_task(knows_cat, tok, items, "last_word")
+    assert {k: v for k, v in got.items() if k != "target_bpb"} == {
+        "acc": pytest.approx(2 / 3), "acc_norm": None, "n": 3, "chance": 0.0, "acc_stderr": pytest.approx(1 / 3)}
+    uniform = build_model("bigram", {"block_size": 64}, vocab_size=tok.vocab_size)  # log2(V) bits per 1-byte token
+    assert score_task(uniform, tok, items, "last_word")["target_bpb"] == pytest.approx(math.log2(tok.vocab_size))
+    assert got["target_bpb"] < math.log2(tok.vocab_size)
 
 
 def test_rows_are_scored_as_one_pass_would_score_them():

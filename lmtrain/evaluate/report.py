@@ -17,6 +17,8 @@ def score_rows(results: dict[str, dict], index: dict[str, dict], core_metric: st
             row[f"{task} acc"] = t["acc"]
             if t["acc_norm"] is not None:
                 row[f"{task} acc_norm"] = t["acc_norm"]
+            if t.get("target_bpb") is not None:
+                row[f"{task} bits/byte"] = t["target_bpb"]
         row[f"CORE ({core_metric})"] = r["core"]
         rows.append(row)
     return rows

@@ -111,10 +111,13 @@ def stderr(acc: float, n: int) -> float:
 
 
 def task_accuracy(items: list[dict], scores: list[Scored], kind: str) -> dict:
-    """acc, acc_norm (None for last word), n, chance and acc_stderr from the rows' scores (encode_items' order)."""
-    if kind == LAST_WORD:
+    """acc, acc_norm (None for last word), n, chance and acc_stderr from the rows' scores (encode_items' order);
+    last-word tasks add target_bpb, a continuous measure where exact matches are rare (small models)."""
+    if kind == LAST_WORD:  # also how surprised the model is by the words: bits per UTF-8 byte of the targets
         acc = float(np.mean([s.greedy for s in scores]))
-        return {"acc": acc, "acc_norm": None, "n": len(items), "chance": 0.0, "acc_stderr": stderr(acc, len(items))}
+        bits = -sum(s.logprob for s in scores) / np.log(2)
+        return {"acc": acc, "acc_norm": None, "n": len(items), "chance": 0.0, "acc_stderr": stderr(acc, len(items)),
+                "target_bpb": float(bits / sum(len(i["target"].encode("utf-8")) for i in items))}
     raw = norm = 0
     pos = 0
     for item in items:
