@@ -89,7 +89,7 @@ def ensure_repo(env: dict, extra: tuple[str, ...] = ()) -> str:
     head = sh("git", "rev-parse", "--verify", "-q", "HEAD", env=env, check=False)
     if head.returncode != 0:
         paths = [p for p in ("dvc.yaml", "dvc.lock", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore",
-                             ".gitignore", "data/.gitignore", "metrics", "flows", "lmdata", "lmtrain", *extra)
+                             ".gitignore", "data/.gitignore", "metrics", "flows", "lmdata", "lmtrain", "init", *extra)
                  if Path(p).exists()]
         sh("git", "add", "--", *paths, env=env)
         sh("git", "commit", "-q", "-m", "lmforge ablate: base commit for DVC experiments", "--", *paths, env=env)
