@@ -4,7 +4,7 @@ aggregate (each task's accuracy centred on its chance level, averaged), as nanoc
     centred = (accuracy - chance) / (1 - chance)     CORE = mean of the centred accuracies
 
 A multiple-choice task enters the aggregate with `core_metric` (acc or acc_norm); a last-word task
-with its exact-match accuracy (chance 0). Chat models (SFT, PPO, DPO) are scored as language models
+with its exact-match accuracy (chance 0). Chat models (SFT, PPO, RLOO, DPO) are scored as language models
 on the same text as the base models, without their chat template: the tasks are continuations of
 prose, so every row of the table measures the same thing, and the gap to the GPT they started from
 is what alignment cost (or bought) in plain language modelling.
@@ -39,7 +39,8 @@ class EvaluateConfig(RunConfig):
         {"name": name, "path": path} for name, path in (
             ("bigram", "models/pretrain/bigram/checkpoint"), ("mlp", "models/pretrain/mlp/checkpoint"),
             ("gpt", "models/pretrain/gpt/checkpoint"), ("sft", "models/sft/checkpoint"),
-            ("ppo", "models/ppo/checkpoint"), ("dpo", "models/dpo/checkpoint"))])  # {name, path}: a checkpoint
+            ("ppo", "models/ppo/checkpoint"), ("rloo", "models/rloo/checkpoint"),
+            ("dpo", "models/dpo/checkpoint"))])  # {name, path}: a checkpoint
     # folder carrying its tokenizer; a list, not a mapping, so a profile can replace it whole
     eval_text: str = "data/evalset/corpus"  # the frozen evaluation set (derived tasks; bpb for other tokenizers)
     eval_tokens: str = "data/tokens/eval"  # its token shards: bits per byte where the tokenizer matches
