@@ -53,10 +53,13 @@ def sample_paths(node, raw: Path):
     return node
 
 
-def scale_params(work: Path, corpus: Path, raw: Path, kind: str, workers: int, max_train_docs: int) -> dict:
-    """params.yaml with one JSONL source per corpus file, data and models inside `work`."""
+def scale_params(work: Path, corpus: Path, raw: Path, kind: str, workers: int, max_train_docs: int,
+                 shard_mb: float) -> dict:
+    """params.yaml with one JSONL source per corpus file, data and models inside `work`, shards of
+    `shard_mb` (the default profile's 1 MB makes ~1,000 tasks per stage at 1 GB)."""
     params = sample_paths(yaml.safe_load((ROOT / "params.yaml").read_text()), raw)
     params["data"]["root"] = str(work / "data")
+    params["data"]["shard_max_mb"] = shard_mb
     params["runner"] = {"kind": kind, "workers": workers}
     params["ingest"]["corpus"] = {"sources": [
         {"type": "jsonl", "source": f"part{i:03d}", "path": str(p), "fields": {"source": "source"}}
@@ -158,6 +161,17 @@ def summarise(runs: list[dict], rows: list[dict]) -> list[dict]:
     and how the largest worker's peak memory grows from the smallest to the largest corpus."""
     rows = [r for r in rows if r["measure"] == "minhash_signatures_mb_per_cpu_s"]
     aim = "issue 17 aim: 2 MB/s per core end to end"
+    for run in runs[:1] if runs and "library" in runs[0] else []:
+        lib = run["library"]
+        steps = [k.removesuffix("_mb_per_cpu_s") for k in lib if k.endswith("_mb_per_cpu_s")]
+        for step in steps:
+            rows.append({"measure": f"library_{step}_mb_per_cpu_s", "ours": lib[f"{step}_mb_per_cpu_s"],
+                         "baseline": aim, "baseline_value": TARGET_MB_PER_CORE, "unit": "MB/CPU-s (no Prefect)",
+                         "ratio": lib[f"{step}_mb_per_cpu_s"] / TARGET_MB_PER_CORE})
+        total = sum(lib[f"{s}_s"] for s in steps)
+        rows.append({"measure": "library_clean_to_filter_mb_per_cpu_s", "ours": lib["mb"] / total, "baseline": aim,
+                     "baseline_value": TARGET_MB_PER_CORE, "unit": "MB/CPU-s (no Prefect)",
+                     "ratio": lib["mb"] / total / TARGET_MB_PER_CORE})
     for run in runs:
         figs = stage_figures(run)
         total = sum(f["cpu_s"] for f in figs)
@@ -199,19 +213,20 @@ def print_table(runs: list[dict]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="one 10 MB corpus, one worker, 2 MB of signatures")
+    ap.add_argument("--quick", action="store_true", help="one 10 MB corpus, one thread, 2 MB of signatures")
     ap.add_argument("--sizes", default="0.1,1", help="corpus sizes in GB")
     ap.add_argument("--runs", default="processes:1,processes:2,ray:2", help="kind:workers at the smallest size")
     ap.add_argument("--large-runs", default="processes:2", help="kind:workers at the other sizes")
     ap.add_argument("--corpus-dir", type=Path, default=Path(tempfile.gettempdir()) / "lmforge-scale")
     ap.add_argument("--datatrove-mb", type=float, default=16.0, help="0: no signature comparison")
     ap.add_argument("--max-train-docs", type=int, default=20000, help="filter.quality.max_train_docs")
+    ap.add_argument("--shard-mb", type=float, default=64.0, help="data.shard_max_mb (DESIGN: tens of MB)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale.json")
     ap.add_argument("--append", action="store_true", help="add this invocation's runs to --out's")
     ap.add_argument("--report-only", action="store_true", help="recompute --out's rows from its runs")
     args = ap.parse_args()
     if args.quick:
-        args.sizes, args.runs, args.large_runs, args.datatrove_mb = "0.01", "processes:1", "", 2.0
+        args.sizes, args.runs, args.large_runs, args.datatrove_mb = "0.01", "threads:1", "", 2.0
     if args.report_only:
         res = json.loads(args.out.read_text())
         res["rows"] = summarise(res["runs"], res["rows"])
@@ -244,9 +259,17 @@ def main() -> None:
             work = args.corpus_dir / f"work-{label}"
             shutil.rmtree(work, ignore_errors=True)
             print(f"run {label}", flush=True)
-            params = scale_params(work, corpus, raw, kind, int(workers), args.max_train_docs)
+            params = scale_params(work, corpus, raw, kind, int(workers), args.max_train_docs, args.shard_mb)
             run = run_pipeline(params, work, kind)
             run.update(label=label, gb=gb, corpus_mb=corpus_mb, planted=planted)
+            if not any("library" in r for r in runs):  # the work without Prefect, on the first ingest shard
+                shard = sorted((work / "data" / "ingest" / "corpus").glob("*.parquet"))[0]
+                proc = subprocess.run([sys.executable, "-m", "bench.scale_lib.library", str(work / "params.yaml"),
+                                       str(shard), "5000"], cwd=ROOT, capture_output=True, text=True,
+                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
+                if proc.returncode:
+                    raise RuntimeError(proc.stderr[-3000:])
+                run["library"] = json.loads(proc.stdout[proc.stdout.index("{"):])
             runs.append(run)
             rows = summarise(runs, rows)
             shutil.rmtree(work / "data", ignore_errors=True)

@@ -6,7 +6,8 @@ descendant: task-runner workers, Ray workers), wall seconds and peak working mem
 
 A sampler thread reads /proc every 0.2 s: each process's RSS and CPU time. Task processes (process-pool
 and Ray workers) are told apart from orchestration (the Prefect server, Ray's raylet/GCS) by their
-command line; the CPU of orchestration is reported apart and not counted as stage work. Peaks of
+command line; the CPU of orchestration is reported apart and not counted as stage work. One Prefect
+server on loopback serves the driver and every worker (a spawned worker would otherwise start its own). Peaks of
 processes shorter than the sampling period can be missed; the driver's own peak comes from the sampler
 too (its RSS before each stage subtracted).
 """
@@ -176,7 +177,18 @@ def run(params: dict, out: Path) -> dict:
 def main() -> None:
     params = yaml.safe_load(Path(sys.argv[1]).read_text())
     os.chdir(Path(sys.argv[1]).parent)  # flows write metrics/ relative to the working directory
-    run(params, Path(sys.argv[2]).resolve())
+    # One Prefect server on loopback for the driver and every worker (as `make run` does): without it,
+    # each spawned worker process would start its own temporary server.
+    from flows._server import api_url, free_port, start_server, stop_server, wait_healthy
+
+    port = free_port()
+    server = start_server(port, Path("prefect-server.log").resolve())
+    try:
+        wait_healthy(api_url(port), server, timeout=600)
+        os.environ["PREFECT_API_URL"] = api_url(port)
+        run(params, Path(sys.argv[2]).resolve())
+    finally:
+        stop_server(server)
 
 
 if __name__ == "__main__":
