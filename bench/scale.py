@@ -16,6 +16,7 @@ The corpus (never committed) lives under --corpus-dir, default a folder under /t
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -221,12 +222,17 @@ def main() -> None:
     ap.add_argument("--datatrove-mb", type=float, default=16.0, help="0: no signature comparison")
     ap.add_argument("--max-train-docs", type=int, default=20000, help="filter.quality.max_train_docs")
     ap.add_argument("--shard-mb", type=float, default=64.0, help="data.shard_max_mb (DESIGN: tens of MB)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default bench/results/scale.json (--quick: scale-quick.json, so the measured figures stay)")
     ap.add_argument("--append", action="store_true", help="add this invocation's runs to --out's")
     ap.add_argument("--report-only", action="store_true", help="recompute --out's rows from its runs")
     args = ap.parse_args()
     if args.quick:
         args.sizes, args.runs, args.large_runs, args.datatrove_mb = "0.01", "threads:1", "", 2.0
+    args.out = args.out or ROOT / "bench" / "results" / ("scale-quick.json" if args.quick else "scale.json")
+    if args.datatrove_mb > 0 and importlib.util.find_spec("datatrove") is None:
+        print("datatrove is not installed (pip install -e '.[bench]'): no signature comparison")
+        args.datatrove_mb = 0
     if args.report_only:
         res = json.loads(args.out.read_text())
         res["rows"] = summarise(res["runs"], res["rows"])
