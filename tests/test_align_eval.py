@@ -60,7 +60,8 @@ def test_a_policy_identical_to_sft_ties_it(setup):
     same = m["same"]
     assert (same["win_rate"], same["win_rate_lo"], same["win_rate_hi"]) == (0.5, 0.5, 0.5)
     assert same["kl_to_reference"] == pytest.approx(0.0, abs=1e-5)  # sampling-time vs teacher-forced log-probs
-    assert same["chrf"] == m["sft"]["chrf"] and same["chrf_vs_sft"] == 0.0
+    assert same["chrf"] == m["sft"]["chrf"] and same["chrf_vs_sft"] == same["chrf_vs_sft_length_matched"] == 0.0
+    assert same["cut_at_max_tokens"] == m["sft"]["cut_at_max_tokens"]
     assert same["length_flag"] is None and same["length_matched_pairs"] == same["pairs"] == 2 * m["prompts"]
 
 
@@ -70,6 +71,7 @@ def test_another_policy_gets_its_own_figures(setup):
     assert math.isfinite(other["kl_to_reference"]) and other["kl_to_reference"] != 0  # a sample estimate: any sign
     assert other["kl_to_reference_lo"] <= other["kl_to_reference"] <= other["kl_to_reference_hi"]
     assert 0 <= other["chrf_lo"] <= other["chrf"] <= other["chrf_hi"] <= 100
+    assert 0 <= other["cut_at_max_tokens"] <= 1
     assert sum(b["pairs"] for b in other["win_rate_by_length"]) == other["pairs"]
     assert sum(other["length"]["histogram"]["counts"]) == other["pairs"]
     assert other["length_flag"] in (None, "longer", "shorter")

@@ -89,6 +89,12 @@ def _lengths(replies: list[list[list[int]]]) -> np.ndarray:
     return np.array([[len(r) for r in rs] for rs in replies], dtype=np.float64)
 
 
+def _cut_share(replies: list[list[list[int]]], stops: set[int]) -> float:
+    """Share of replies that ran to max_new_tokens without a stop token (a mean length hides this)."""
+    flat = [r for rs in replies for r in rs]
+    return sum(1 for r in flat if not r or r[-1] not in stops) / max(1, len(flat))
+
+
 def evaluate_alignment(cfg: AlignEvalConfig, sft_ckpt: str | Path, policies: Mapping[str, str | Path],
                        judge_ckpt: str | Path, eval_dir: str | Path, out_dir: str | Path | None = None) -> dict:
     """Metrics of SFT and of every policy (see the module docstring), plus `markdown` (samples side by side).
@@ -131,6 +137,7 @@ def evaluate_alignment(cfg: AlignEvalConfig, sft_ckpt: str | Path, policies: Map
     _with_ci(sft_m, "chrf", _ci(base_chrf.mean(1), cfg))
     sft_m["chrf_by_source"] = {s: float(base_chrf[sel].mean()) for s, sel in by_source.items()}
     sft_m["mean_length"] = float(base_len.mean())
+    sft_m["cut_at_max_tokens"] = _cut_share(base, stops)
     sft_m["length"] = M.length_summary(base_len, cfg.length_bins)
     metrics: dict = {"split": cfg.split, "prompts": n, "prompts_by_source": {s: int(v.sum()) for s, v in by_source.items()},
                      "samples_per_prompt": cfg.samples_per_prompt, "temperature": cfg.temperature,
@@ -157,9 +164,13 @@ def evaluate_alignment(cfg: AlignEvalConfig, sft_ckpt: str | Path, policies: Map
         m["mean_length"] = float(lens.mean())
         m["length_ratio"] = float(lens.mean() / base_len.mean()) if base_len.mean() > 0 else None
         m["length_flag"] = M.length_flag(float(lens.mean()), float(base_len.mean()), cfg.length_margin)
+        m["cut_at_max_tokens"] = _cut_share(ans, stops)
         with np.errstate(invalid="ignore", divide="ignore"):
             matched_win = np.where(matched, win, 0).sum(1) / matched.sum(1)
         _with_ci(m, "win_rate_length_matched", _ci(matched_win, cfg, weights=matched.sum(1), seed=10 * k + 4))
+        with np.errstate(invalid="ignore", divide="ignore"):  # chrF weighs recall: is a gain only longer replies?
+            matched_chrf = np.where(matched, ref - base_chrf, 0).sum(1) / matched.sum(1)
+        _with_ci(m, "chrf_vs_sft_length_matched", _ci(matched_chrf, cfg, weights=matched.sum(1), seed=10 * k + 5))
         m["length_matched_pairs"], m["pairs"] = int(matched.sum()), int(win.size)
         m["win_rate_by_length"] = M.win_rate_by_length(win, lens, cfg.length_bins)
         m["judge_score"] = float(scores.mean())
@@ -208,8 +219,10 @@ def summary_rows(metrics: dict) -> list[dict]:
             f"judge win rate vs SFT [{level}% CI]": "-" if base else _fmt(m, "win_rate"),
             f"chrF [{level}% CI]": _fmt(m, "chrf", 1),
             "chrF - SFT's": "-" if base else _fmt(m, "chrf_vs_sft", 1),
+            "chrF - SFT's (length-matched)": "-" if base else _fmt(m, "chrf_vs_sft_length_matched", 1),
             "KL to SFT (nats)": 0.0 if base else round(m["kl_to_reference"], 2),
             "mean length (p10-p90)": f"{m['mean_length']:.1f} ({q.get('p10', 0):.0f}-{q.get('p90', 0):.0f})",
+            "cut at max tokens": f"{m['cut_at_max_tokens']:.0%}",
             "length flag": "-" if base else (m["length_flag"] or "no"),
             "length-matched win rate (pairs)": "-" if base else
             f"{_fmt(m, 'win_rate_length_matched')} ({m['length_matched_pairs']} of {m['pairs']})",
