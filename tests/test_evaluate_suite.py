@@ -124,14 +124,15 @@ def test_rows_are_scored_as_one_pass_would_score_them():
     tok = train_char([alphabet()])
     model = build_model("gpt", {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8, "dropout": 0.0},
                         vocab_size=tok.vocab_size).eval()
-    rows = [Continuation(tok.encode("a long context here"), tok.encode(" xy")), Continuation([], tok.encode("q"))]
+    rows = [Continuation(tok.encode("a long context here"), tok.encode(" xy")), Continuation([], tok.encode("q")),
+            Continuation(tok.encode("ctx"), tok.encode(" longer than eight"))]  # scored: its last 8 tokens
     got = score_rows(model, rows, tok.eot_id, batch_size=1)
     for row, s in zip(rows, got):  # by hand: the window's last block_size + 1 tokens (EOT for no context)
         seq = ((row.context or [tok.eot_id]) + row.continuation)[-9:]
         with torch.no_grad():
             logp = torch.log_softmax(model(torch.tensor([seq[:-1]]))[0][0], -1)
-        n = len(row.continuation)
-        want = sum(float(logp[len(seq) - 1 - n + k, t]) for k, t in enumerate(row.continuation))
+        n = min(len(row.continuation), 8)
+        want = sum(float(logp[len(seq) - 1 - n + k, t]) for k, t in enumerate(row.continuation[-n:]))
         assert s.logprob == pytest.approx(want, abs=1e-5) and s.tokens == n
     assert [s.logprob for s in score_rows(model, rows, tok.eot_id, batch_size=2)] == pytest.approx(
         [s.logprob for s in got], abs=1e-5)  # padding in a shared batch changes nothing

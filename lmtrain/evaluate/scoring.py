@@ -5,7 +5,8 @@ the highest sum, `acc_norm` the highest sum per UTF-8 byte of the choice (its le
 excluded) — lm-eval-harness' acc_norm, which divides by the choice's length in characters (the same
 for ASCII). Last word (LAMBADA): correct when every target token is the model's argmax given what
 precedes it, i.e. greedy decoding reproduces the word (lm-eval-harness' and nanochat's check).
-A context longer than the model's window keeps its last tokens; an empty one becomes `<|endoftext|>`.
+A context longer than the model's window keeps its last tokens (a continuation longer than the window,
+its last block_size tokens); an empty context becomes `<|endoftext|>`.
 """
 
 from __future__ import annotations
@@ -36,15 +37,13 @@ class Scored:
     greedy: bool  # every continuation token is the argmax of its position
 
 
-def fit_window(row: Continuation, block_size: int, eot_id: int) -> list[int]:
-    """context + continuation cut on the left to block_size + 1 tokens (inputs are all but the last)."""
+def fit_window(row: Continuation, block_size: int, eot_id: int) -> tuple[list[int], int]:
+    """(context + continuation cut on the left to block_size + 1 tokens, continuation tokens scored).
+    A continuation longer than the window keeps its last block_size tokens, as lm-eval-harness does."""
     if not row.continuation:
         raise ValueError("an empty continuation has no likelihood")
-    keep = block_size + 1 - len(row.continuation)
-    if keep < 1:
-        raise ValueError(f"a continuation of {len(row.continuation)} tokens does not fit block_size {block_size}")
-    context = row.context[-keep:] if row.context else [eot_id]
-    return context + row.continuation
+    seq = (row.context or [eot_id]) + row.continuation
+    return seq[-(block_size + 1):], min(len(row.continuation), block_size)
 
 
 @torch.no_grad()
@@ -57,15 +56,15 @@ def score_rows(model: nn.Module, rows: list[Continuation], eot_id: int, batch_si
     model.eval()
     device = next(model.parameters()).device
     seqs = [fit_window(r, model.block_size, eot_id) for r in rows]
-    order = sorted(range(len(rows)), key=lambda i: -len(seqs[i]))
+    order = sorted(range(len(rows)), key=lambda i: -len(seqs[i][0]))
     out: list[Scored | None] = [None] * len(rows)
     for start in range(0, len(order), max(1, batch_size)):
         batch = order[start:start + max(1, batch_size)]
-        width = len(seqs[batch[0]]) - 1
+        width = len(seqs[batch[0]][0]) - 1
         x = torch.zeros(len(batch), width, dtype=torch.long)
         y = torch.full((len(batch), width), -1, dtype=torch.long)
         for j, i in enumerate(batch):
-            seq, n_cont = seqs[i], len(rows[i].continuation)
+            seq, n_cont = seqs[i]
             x[j, :len(seq) - 1] = torch.tensor(seq[:-1])
             y[j, len(seq) - 1 - n_cont:len(seq) - 1] = torch.tensor(seq[-n_cont:])
         x, y = x.to(device), y.to(device)
