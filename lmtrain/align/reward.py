@@ -74,7 +74,7 @@ class JudgeConfig(RewardConfig):
     seed: int = 4242
     subset: str = "half_b"  # must share no prompt with reward.subset (checked before any work)
     learning_rate: float = 3e-4
-    epochs: int = 4
+    epochs: int = 3  # from the pretrained GPT: dev accuracy 0.755 at 3 epochs, 0.736 at 4
 
 
 def calibration_table(r_chosen: torch.Tensor, r_rejected: torch.Tensor, bins: int) -> list[dict]:
