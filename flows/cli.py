@@ -53,6 +53,16 @@ def dvc(*args: str, check: bool = True, capture: bool = False) -> subprocess.Com
                           text=True, capture_output=capture)
 
 
+def override_value(value) -> str:
+    """A value in the Hydra override grammar `dvc exp run -S` parses: JSON scalars and lists, but a dict as
+    `{key: value}` with bare keys (JSON's quoted keys are a parse error there, e.g. a list of sources)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {override_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(override_value, value)) + "]"
+    return json.dumps(value)
+
+
 def profile_overrides(path: str) -> list[str]:
     """`key.sub=value` for every leaf of a profile YAML (what `dvc exp run -S` takes)."""
     import yaml
@@ -62,7 +72,7 @@ def profile_overrides(path: str) -> list[str]:
             for k, v in node.items():
                 yield from leaves(v, f"{prefix}{k}.")
         else:
-            yield f"{prefix[:-1]}={json.dumps(node)}"
+            yield f"{prefix[:-1]}={override_value(node)}"
 
     return list(leaves(yaml.safe_load(Path(path).read_text()) or {}, ""))
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 transformers = pytest.importorskip("transformers")
 
@@ -141,3 +142,20 @@ def test_the_default_placeholder_means_from_scratch():
     assert is_none(ROOT / NO_INIT) and is_none(None) and not is_none(ROOT / "flows")
     with pytest.raises(TrainConfigError, match="neither model.json"):
         load_init(ROOT / "flows")
+
+
+def test_every_profile_parses_as_dvc_exp_run_overrides():
+    """`lmforge run --profile` passes each leaf as `dvc exp run -S key=value`, which Hydra's grammar parses:
+    JSON's quoted keys failed there for the list of sources in profiles/continue_pretraining.yaml."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from flows.cli import profile_overrides
+
+    parser = OverridesParser.create()
+    for profile in sorted((ROOT / "profiles").glob("*.yaml")):
+        expected = yaml.safe_load(profile.read_text())
+        for override in parser.parse_overrides(profile_overrides(str(profile))):
+            node = expected
+            for key in override.key_or_group.split("."):
+                node = node[key]
+            assert override.value() == node, (profile.name, override.key_or_group)
