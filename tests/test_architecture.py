@@ -11,7 +11,7 @@ PKG = ROOT / "lmtrain"
 METHODS = {"lmtrain.align.sft", "lmtrain.align.reward", "lmtrain.align.dpo", "lmtrain.align.ppo", "lmtrain.align.rloo",
            "lmtrain.align.evaluate"}
 # each layer may import itself and the layers before it in this list
-LAYERS = ["tokenizer", "config", "progress", "runtime", "data", "models", "pretrain", "inference", "align",
+LAYERS = ["config", "tokenizer", "progress", "runtime", "data", "models", "pretrain", "inference", "align",
           "evaluate"]
 
 
