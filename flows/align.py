@@ -92,8 +92,8 @@ def reward(params: dict) -> dict:
     create_markdown_artifact(key="reward-report", markdown="\n".join(["# reward model (held-out pairs)", "",
                                                                       md_table(reward_rows("reward", rm))]),
                              description=f"reward model on held-out comparisons ({cfg.eval_split}): accuracy "
-                                         f"{rm['accuracy']:.3f}, by source")
-    print(f"reward: held-out ({cfg.eval_split}) accuracy {rm['accuracy']:.3f} on {rm['pairs']} pairs")
+                                         f"{rounded(rm.get('accuracy'), 3)}, by source")
+    print(f"reward: held-out ({cfg.eval_split}) accuracy {rounded(rm.get('accuracy'), 3)} on {rm['pairs']} pairs")
     return metrics
 
 
@@ -115,9 +115,9 @@ def judge(params: dict) -> dict:
         "# judge vs reward model (held-out pairs)", "", md_table(reward_rows("judge", m) + reward_rows("reward", rm_metrics)),
         "", f"On {agree['pairs']} held-out pairs they order {agree.get('same_order', 0):.1%} alike; both are wrong on "
             f"{agree.get('both_wrong', 0):.1%}; margin correlation {agree.get('margin_correlation', float('nan')):.2f}."]),
-        description=f"judge on held-out comparisons: accuracy {m['accuracy']:.3f} beside the reward model's "
+        description=f"judge on held-out comparisons: accuracy {rounded(m.get('accuracy'), 3)} beside the reward model's "
                     f"{rm_metrics.get('accuracy')}, and how alike they rank")
-    print(f"judge: held-out ({cfg.eval_split}) accuracy {m['accuracy']:.3f} (reward {rounded(rm_metrics.get('accuracy'), 3)}), "
+    print(f"judge: held-out ({cfg.eval_split}) accuracy {rounded(m.get('accuracy'), 3)} (reward {rounded(rm_metrics.get('accuracy'), 3)}), "
           f"same order as the reward model on {agree.get('same_order', 0):.1%} of {agree['pairs']} pairs")
     return metrics
 
