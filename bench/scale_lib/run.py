@@ -28,7 +28,7 @@ STAGES = ["ingest", "evalset", "clean", "dedup", "filter"]
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
 ORCHESTRATION = ("prefect", "uvicorn", "raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py",
-                 "runtime_env", "ray_client")
+                 "runtime_env", "ray_client", "ray::DashboardAgent", "ray::RuntimeEnvAgent")
 
 
 def proc_table() -> dict[int, tuple[int, float, float, str]]:
