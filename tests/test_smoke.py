@@ -20,12 +20,15 @@ from flows._smoke import (
     stage_raw,
     stage_states,
 )
+from lmtrain.align.curve import AlignCurveConfig
 from lmtrain.align.dpo import DPOConfig
 from lmtrain.align.evaluate import AlignEvalConfig
 from lmtrain.align.ppo import PPOConfig
 from lmtrain.align.reward import JudgeConfig, RewardConfig
+from lmtrain.align.rloo import RLOOConfig
 from lmtrain.align.sft import SFTConfig
 from lmtrain.config import build_config, pretrain_configs
+from lmtrain.evaluate.suite import EvaluateConfig
 from lmtrain.models.registry import build_model
 from lmtrain.pretrain.train import TrainConfig
 from tests.conftest import ROOT, copy_project, python_env
@@ -52,11 +55,12 @@ def test_smoke_params_shrink_every_pretrained_model_and_keep_the_vocabulary():
 def test_smoke_params_put_every_alignment_stage_on_the_cpu_with_few_steps():
     p = smoke_params(PARAMS, GPU, bf16_ok=False)
     configs = {"sft": SFTConfig, "reward": RewardConfig, "judge": JudgeConfig, "ppo": PPOConfig, "dpo": DPOConfig,
-               "align_eval": AlignEvalConfig}
+               "rloo": RLOOConfig, "align_eval": AlignEvalConfig, "align_curve": AlignCurveConfig,
+               "evaluate": EvaluateConfig}
     for name, cls in configs.items():
         cfg = build_config(cls, p[name], name)  # every override is a real field of the stage's config
         assert cfg.device == "cpu" and cfg.dtype == "float32", name
-    assert p["ppo"]["steps"] <= 5 and p["sft"]["epochs"] == 1 and p["dpo"]["micro_batch_size"] == 4
+    assert p["ppo"]["steps"] <= 5 and p["rloo"]["steps"] <= 5 and p["sft"]["epochs"] == 1 and p["dpo"]["micro_batch_size"] == 4
     assert PARAMS["pretrain"]["models"] == ["bigram", "mlp", "gpt"]  # the input is not modified
 
 
