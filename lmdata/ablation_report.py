@@ -173,7 +173,7 @@ def render_report(spec: AblationSpec, rows: list[dict], n_boot: int | None = Non
                     f"and spread (α = {ALPHA:g})")
         elif t["std"] is not None and e["effect"]:
             need = "; the effect is too small against its spread for any practical number of seeds"
-        lines.append(f"- {_step(e)}: Δ bpb {e['effect']:+.4f} ({e['pairs']} seeds{spread}) — **{e['verdict']}**{need}.")
+        lines.append(f"- {_step(e)}: Δ bpb {e['effect']:+.4f} ({e['pairs']} seed{'s' if e['pairs'] != 1 else ''}{spread}) — **{e['verdict']}**{need}.")
     return "\n".join(lines) + "\n"
 
 
