@@ -6,8 +6,10 @@ never written here) are rejected as `eval_overlap`, with the evaluation set's ow
 (`evalset.dedup`). Then per pass (corpus: whole text; instructions/comparisons: by prompt, then by
 whole record): signatures per shard in parallel tasks → bucket tasks in parallel, one per LSH band
 range and key-hash partition (`dedup.band_ranges`, `dedup.hash_partitions`; each reads only its own
-keys) → one task over the candidates alone → decisions. Then one task per shard splits it into kept
-and rejected rows.
+keys and writes its buckets' pairs by partition) → a pairs task per partition (verification) → one
+components task (an integer union-find over the candidate rows) → a keeper task per cluster
+partition → decisions (see `lmdata.dedup_global`; every step a task on the runner, none inline).
+Then one task per shard splits it into kept and rejected rows.
 
     python -m flows.dedup corpus|instructions|comparisons [--params params.yaml]
 """
@@ -26,12 +28,21 @@ from prefect.cache_policies import NO_CACHE
 from flows._stage import data_root, dataset_main, map_shards, publish_metrics
 from lmdata.atomic import atomic_dir
 from lmdata.decontaminate import decontamination_config
-from lmdata.dedup import DedupConfig, members_needed, sign_shard, with_snippets
+from lmdata.dedup import DedupConfig, sign_shard, with_snippets
 from lmdata.dedup_global import (
     BucketSpec,
+    bucket_pairs,
     bucket_specs,
-    find_duplicates_sharded,
-    find_overlaps_sharded,
+    cluster_partitions,
+    connected_rows,
+    keep_partition,
+    merge_decisions,
+    merge_overlaps,
+    merge_stats,
+    overlap_partition,
+    partition_pairs,
+    shard_sizes,
+    split_counts,
     write_buckets,
 )
 from lmdata.runner import summarise
@@ -63,27 +74,70 @@ def fetch_rows(needed: dict[str, list[str]], fields: list[str]) -> pl.DataFrame:
 
 
 @task(name="buckets", cache_policy=NO_CACHE)
-def bucket_task(stems: list[Path], spec: BucketSpec, out: Path) -> Path:
+def bucket_task(stems: list[Path], spec: BucketSpec, out: Path, parts: int) -> list[Path]:
+    """Its buckets, then their pairs in `parts` files (by first row)."""
     write_buckets(stems, spec, out)
-    return out
+    return bucket_pairs(stems, out, parts, out.with_suffix(""))
 
 
-def all_buckets(stems: list[Path], cfg: DedupConfig, prefix: Path) -> list[Path]:
-    """Global phase, part 1: every bucket task of `cfg` in parallel; their output files."""
+def all_buckets(stems: list[Path], cfg: DedupConfig, prefix: Path) -> list[list[Path]]:
+    """Global phase, part 1: every bucket task of `cfg` in parallel; pair files per partition."""
+    parts = cluster_partitions(cfg)
     futures = [bucket_task.with_options(task_run_name=f"buckets-{spec.name}").submit(
-        stems, spec, prefix.with_name(f"{prefix.name}-{spec.name}.parquet")) for spec in bucket_specs(cfg)]
-    return [f.result() for f in futures]
+        stems, spec, prefix.with_name(f"{prefix.name}-{spec.name}.parquet"), parts) for spec in bucket_specs(cfg)]
+    found = [f.result() for f in futures]
+    return [[files[q] for files in found] for q in range(parts)]
 
 
-@task(name="cluster", cache_policy=NO_CACHE)
-def cluster_task(stems: list[Path], buckets: list[Path], fields: list[str], cfg: DedupConfig, out: Path,
-                 one_split: bool = False) -> dict:
-    """Global phase, part 2: candidates' pairs, union-find and keep rules; writes the decisions.
-    `one_split`: every document competes alike (the evaluation set deduplicating itself)."""
-    decisions, stats, index = find_duplicates_sharded(stems, buckets, fields, cfg,
-                                                      fetch=lambda need: fetch_rows(need, fields), one_split=one_split)
-    decisions.write_parquet(out)
-    return with_snippets(stats, fetch_rows(members_needed(stats, index), fields), fields)
+@task(name="pairs", cache_policy=NO_CACHE)
+def pairs_task(stems: list[Path], pair_files: list[Path], fields: list[str], cfg: DedupConfig, out: Path) -> dict:
+    return partition_pairs(stems, pair_files, fields, cfg, out, fetch=lambda need: fetch_rows(need, fields))
+
+
+def all_pairs(stems: list[Path], partitions: list[list[Path]], fields: list[str], cfg: DedupConfig,
+              prefix: Path) -> tuple[list[Path], list[dict]]:
+    """Global phase, part 2: a pairs task per partition (each pair once, verified); files and counts."""
+    files = [prefix.with_name(f"{prefix.name}-pairs{q}.parquet") for q in range(len(partitions))]
+    futures = [pairs_task.with_options(task_run_name=f"pairs-{prefix.name}-{q}").submit(
+        stems, found, fields, cfg, out) for q, (found, out) in enumerate(zip(partitions, files))]
+    return files, [f.result() for f in futures]
+
+
+@task(name="components", cache_policy=NO_CACHE)
+def components_task(pair_files: list[Path], parts: int, prefix: Path) -> list[Path]:
+    files, stats = connected_rows(pair_files, parts, prefix)
+    print(f"components {prefix.name}: {stats['candidates']} candidate documents, {stats['pairs']} pairs, "
+          f"{stats['clusters']} clusters")
+    return files
+
+
+@task(name="keep", cache_policy=NO_CACHE)
+def keep_task(stems: list[Path], cluster_file: Path, cfg: DedupConfig, out: Path, one_split: bool) -> dict:
+    return keep_partition(stems, cluster_file, cfg, out, one_split)
+
+
+@task(name="decisions", cache_policy=NO_CACHE)
+def decisions_task(stems: list[Path], pair_stats: list[dict], keeper_stats: list[dict], files: list[Path],
+                   fields: list[str], cfg: DedupConfig, out: Path) -> dict:
+    merge_decisions(files, out)
+    stats, needed = merge_stats(pair_stats, keeper_stats, int(shard_sizes(stems).sum()), cfg.top_clusters)
+    return with_snippets(stats, fetch_rows(needed, fields), fields)
+
+
+def cluster(stems: list[Path], partitions: list[list[Path]], fields: list[str], cfg: DedupConfig, work: Path,
+            name: str, out: Path, one_split: bool = False) -> dict:
+    """Global phase, parts 2-4, each a task: pairs, components, keepers; writes the decisions to
+    `out` and returns the explain-stats. `one_split`: every document competes alike (the
+    evaluation set deduplicating itself)."""
+    pair_files, pair_stats = all_pairs(stems, partitions, fields, cfg, work / name)
+    cluster_files = components_task.with_options(task_run_name=f"components-{name}").submit(
+        pair_files, len(partitions), work / f"{name}-c").result()
+    decision_files = [work / f"{name}-decisions{q}.parquet" for q in range(len(cluster_files))]
+    futures = [keep_task.with_options(task_run_name=f"keep-{name}-{q}").submit(stems, f, cfg, d, one_split)
+               for q, (f, d) in enumerate(zip(cluster_files, decision_files))]
+    keeper_stats = [f.result() for f in futures]
+    return decisions_task.with_options(task_run_name=f"decisions-{name}").submit(
+        stems, pair_stats, keeper_stats, decision_files, fields, cfg, out).result()
 
 
 def apply_decisions(df: pl.DataFrame, decisions_path: Path) -> StepResult:
@@ -107,11 +161,28 @@ def explain_markdown(dataset: str, passes: list[tuple[list[str], dict]], metrics
 
 
 @task(name="eval-overlap", cache_policy=NO_CACHE)
-def overlap_task(stems: list[Path], buckets: list[Path], fields: list[str], cfg: DedupConfig, out: Path) -> dict:
-    """Global phase of decontamination: training documents that pair with an evaluation document."""
-    decisions, stats = find_overlaps_sharded(stems, buckets, fields, cfg, fetch=lambda need: fetch_rows(need, fields))
-    decisions.write_parquet(out)
-    return stats
+def overlap_task(stems: list[Path], pair_file: Path, out: Path) -> int:
+    """Decontamination over one pair partition: training documents that pair with an evaluation document."""
+    return overlap_partition(stems, pair_file, out)
+
+
+@task(name="eval-overlap-merge", cache_policy=NO_CACHE)
+def overlap_merge_task(stems: list[Path], files: list[Path], fields: list[str], out: Path) -> dict:
+    n = merge_overlaps(files, out)
+    counts = split_counts(stems)
+    return {"fields": list(fields), "train_docs": counts["train"], "eval_docs": counts["eval"], "eval_overlap": n}
+
+
+def overlaps(stems: list[Path], partitions: list[list[Path]], fields: list[str], cfg: DedupConfig, work: Path,
+             name: str, out: Path) -> dict:
+    """Global phase of decontamination, each step a task: pairs, overlaps per partition, merge."""
+    pair_files, _ = all_pairs(stems, partitions, fields, cfg, work / name)
+    found = [work / f"{name}-overlap{q}.parquet" for q in range(len(pair_files))]
+    futures = [overlap_task.with_options(task_run_name=f"eval-overlap-{name}-{q}").submit(stems, f, o)
+               for q, (f, o) in enumerate(zip(pair_files, found))]
+    [f.result() for f in futures]
+    return overlap_merge_task.with_options(task_run_name=f"eval-overlap-merge-{name}").submit(
+        stems, found, fields, out).result()
 
 
 def sign_all(shards: list[Path], stems: list[Path], fields: list[str], cfg: DedupConfig, exclude: Path | None,
@@ -139,8 +210,8 @@ def decontaminate(dataset: str, shards: list[Path], reference: list[Path], cfg: 
         sign_all(shards, train_stems, fields, pass_cfg, exclude, split="train")
         sign_all(reference, ref_stems, fields, pass_cfg, None, split="eval")
         out = work / f"overlap-{k}.parquet"
-        buckets = all_buckets(train_stems + ref_stems, pass_cfg, work / f"overlap{k}-buckets")
-        stats.append(overlap_task(train_stems + ref_stems, buckets, fields, pass_cfg, out))
+        partitions = all_buckets(train_stems + ref_stems, pass_cfg, work / f"overlap{k}-buckets")
+        stats.append(overlaps(train_stems + ref_stems, partitions, fields, pass_cfg, work, f"overlap{k}", out))
         files.append(out)
         exclude = merged(files, work / f"overlap-excluded-{k}.parquet")
     return exclude, stats
@@ -157,8 +228,8 @@ def run_passes(dataset: str, shards: list[Path], cfg: DedupConfig, work: Path, e
         stems = [work / f"pass{k}-{p.stem}" for p in shards]
         sign_all(shards, stems, fields, pass_cfg, exclude)
         out = work / f"decisions-{k}.parquet"
-        buckets = all_buckets(stems, pass_cfg, work / f"pass{k}-buckets")
-        explained.append((fields, cluster_task(stems, buckets, fields, pass_cfg, out, one_split)))
+        partitions = all_buckets(stems, pass_cfg, work / f"pass{k}-buckets")
+        explained.append((fields, cluster(stems, partitions, fields, pass_cfg, work, f"pass{k}", out, one_split)))
         decision_files.append(out)
         exclude = merged(decision_files, work / f"excluded-{k}.parquet")
     return exclude, explained

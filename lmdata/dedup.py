@@ -87,6 +87,9 @@ class DedupConfig:
     # hash; a task holds one (range, partition)'s keys. Any values give the same decisions.
     band_ranges: int = 1
     hash_partitions: int = 1
+    # Candidate pairs, then clusters, are cut into this many partitions (pairs by their first row,
+    # clusters by their root), a task each; null: one per LSH bucket task (band_ranges x hash_partitions).
+    cluster_partitions: int | None = None
     # dataset -> passes; each pass reads these fields (joined by "\n") and runs the whole machinery,
     # the next pass on what the previous kept ("by prompt, then by whole record").
     fields: dict[str, list[list[str]]] = field(default_factory=_default_fields)
@@ -103,8 +106,8 @@ class DedupConfig:
             d["normalize"] = NormalizeConfig(**d["normalize"])
         if "minhash" in d:
             d["minhash"] = MinHashConfig(**d["minhash"])
-        for k in ("band_ranges", "hash_partitions"):
-            if k in d and (not isinstance(d[k], int) or d[k] < 1):
+        for k in ("band_ranges", "hash_partitions", "cluster_partitions"):
+            if k in d and not (k == "cluster_partitions" and d[k] is None) and (not isinstance(d[k], int) or d[k] < 1):
                 raise ValueError(f"params.yaml dedup.{k} must be an integer >= 1, got {d[k]!r}")
         return cls(**d)
 
@@ -365,6 +368,14 @@ def decide(index: SignatureIndex, pairs: pl.DataFrame, config: DedupConfig) -> t
                        "candidate_pairs": {}, "clusters": 0, "cluster_size_histogram": {}, "largest_clusters": []}
     a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
     _, label = connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)), directed=False)
+    decisions, members = decide_clusters(index, label, config)
+    return decisions, explain(members, decisions, pairs, n, config.top_clusters)
+
+
+def decide_clusters(index: SignatureIndex, label: np.ndarray, config: DedupConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The keeper rule over given clusters (`label[row]`, any integers; singletons are left alone):
+    the DECISIONS table (sorted by id) and the members of clusters of two or more, keeper first."""
+    n = len(index.docs)
     docs = index.docs.select("id", "split", "length", "exact_key").with_columns(
         row=pl.int_range(n, dtype=pl.Int64), cluster=pl.Series(label, dtype=pl.Int64))
     members = (docs.filter(pl.len().over("cluster") > 1)
@@ -384,7 +395,7 @@ def decide(index: SignatureIndex, pairs: pl.DataFrame, config: DedupConfig) -> t
     decisions = decisions.with_columns(
         reason_value=pl.when(pl.col("reason") == "exact_dup").then(None).otherwise(pl.col("est"))
     ).select("id", "reason", "reason_detail", "reason_value").sort("id")
-    return decisions, explain(members, decisions, pairs, n, config.top_clusters)
+    return decisions, members
 
 
 def explain(members: pl.DataFrame, decisions: pl.DataFrame, pairs: pl.DataFrame, n_docs: int,

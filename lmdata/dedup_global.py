@@ -1,25 +1,34 @@
-"""Dedup's global phase as independent tasks, so that no task holds every document's keys.
+"""Dedup's global phase as independent tasks, so that no task holds every document's keys or ids.
 
 `lmdata.dedup.load_index` holds every document's id and 14 band keys (~112 bytes each) in one
-process. Here the same phase is cut in two:
+process. Here the same phase runs as four kinds of task, of which only one sees every candidate,
+and that one as integers:
 
 1. bucket tasks, in parallel, each over one `BucketSpec`: the exact keys of one key-hash partition,
    or the LSH keys of one band range and key-hash partition, read column by column from the
-   per-shard `<stem>.keys.parquet` / `<stem>.bands.parquet` (never the other bands, never ids or
-   texts). Each writes the members of its buckets of two or more: (band, key, global row).
-2. one candidates task: reads the bucket files, loads (id, split, length, exact key) of the
-   candidate rows only, links each bucket to its smallest id (as `dedup._star_edges` does), and
-   returns a `SignatureIndex` of the candidates with the pairs renumbered into it. From there the
-   in-memory `verify_pairs`, `decide` (union-find over the edges) and
-   `decontaminate.overlap_decisions` run unchanged, so the decisions are identical (tested).
+   per-shard `<stem>.keys.parquet` / `<stem>.bands.parquet` (never the other bands, never texts).
+   Each writes the members of its buckets of two or more: (band, key, global row) (`write_buckets`),
+   then links each bucket's members to its smallest id (as `dedup._star_edges` does; it reads the
+   ids of its own members only) and writes those pairs of global rows in `cluster_partitions`
+   files by first row (`bucket_pairs`).
+2. pairs tasks, one per partition: that partition's pairs from every bucket task, each once,
+   verified by true Jaccard when `verify` is on (`partition_pairs`).
+3. one components task: a union-find over the candidate rows (int64 rows + int32 parents, 12 bytes
+   per candidate document), reading one pair partition at a time; writes (row, cluster) in
+   partitions by cluster (`connected_rows`).
+4. keeper tasks, one per cluster partition: (id, split, length, exact key) and signatures of their
+   own rows only, then `dedup.decide_clusters`, the keep rule of `decide` (`keep_partition`); the
+   decisions are merged by a streaming sort on id, the explain-stats from the tasks' parts.
+   Decontamination needs no clusters (direct pairs only): `overlap_partition` per pair partition.
 
-A global row is the document's position in the stems' order (shard offsets + row in shard), as
-`build_index` numbers them.
+The decisions and stats are identical to the in-memory path's (tested). A global row is the
+document's position in the stems' order (shard offsets + row in shard), as `build_index` numbers them.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,18 +36,21 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from lmdata.decontaminate import overlap_decisions
+from lmdata.decontaminate import DECISION_SCHEMA, overlap_decisions
 from lmdata.dedup import (
     INDEX_SCHEMA,
+    REASONS,
     DedupConfig,
     SignatureIndex,
     band_column,
-    decide,
+    decide_clusters,
     texts_needed,
     verify_pairs,
 )
 
 BUCKET_SCHEMA = {"band": pl.Int16, "key": pl.UInt64, "row": pl.Int64}
+PAIR_SCHEMA = {"a": pl.Int64, "b": pl.Int64, "exact": pl.Boolean}
+CLUSTER_SCHEMA = {"row": pl.Int64, "cluster": pl.Int64}
 EXACT = -1  # the `band` of exact-key buckets
 
 
@@ -120,18 +132,34 @@ def write_buckets(stems: Sequence[Path], spec: BucketSpec, out: Path) -> dict:
     return {"task": spec.name, "members": buckets.height, "buckets": str(out)}
 
 
-def _candidate_docs(stems: Sequence[Path], rows: np.ndarray, offsets: np.ndarray) -> pl.DataFrame:
-    """The keys-file columns of global `rows` (sorted), shard by shard, in the index's schema."""
+def _offsets(stems: Sequence[Path]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(shard_sizes(stems))]).astype(np.int64)
+
+
+def _candidate_docs(stems: Sequence[Path], rows: np.ndarray, offsets: np.ndarray,
+                    columns: Sequence[str] | None = None) -> pl.DataFrame:
+    """The keys-file columns (all, in the index's schema, or `columns`) of global `rows` (sorted,
+    unique), shard by shard: row i of the result is rows[i]."""
+    schema = INDEX_SCHEMA if columns is None else {c: INDEX_SCHEMA[c] for c in columns}
     frames = []
     for p, stem in enumerate(map(Path, stems)):
         lo, hi = np.searchsorted(rows, [offsets[p], offsets[p + 1]])
         if lo == hi:
             continue
         local = rows[lo:hi] - offsets[p]
-        keys = pl.read_parquet(_file(stem, ".keys.parquet"))[local]
-        frames.append(keys.with_columns(pl.lit(p, pl.Int32).alias("part"), pl.Series("part_row", local, pl.Int64)))
+        keys = pl.read_parquet(_file(stem, ".keys.parquet"), columns=None if columns is None else list(columns))[local]
+        if columns is None:
+            keys = keys.with_columns(pl.lit(p, pl.Int32).alias("part"), pl.Series("part_row", local, pl.Int64))
+        frames.append(keys)
         del keys
-    return pl.concat(frames) if frames else pl.DataFrame(schema=INDEX_SCHEMA)
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+
+
+def _check_unique_ids(docs: pl.DataFrame) -> None:
+    """Ids hash their text, so two rows of one id share every key and meet in some bucket."""
+    if docs["id"].is_duplicated().any():
+        dup = docs.filter(pl.col("id").is_duplicated()).sort("id").head(4).select("shard", "id").rows()
+        raise ValueError(f"document ids are not unique across shards, e.g. (shard, id) {dup}")
 
 
 def candidate_signatures(stems: Sequence[Path], docs: pl.DataFrame) -> np.ndarray:
@@ -151,6 +179,18 @@ def candidate_signatures(stems: Sequence[Path], docs: pl.DataFrame) -> np.ndarra
             for i in sel:
                 out[i] = np.frombuffer(os.pread(fh.fileno(), width, start + int(local[i]) * width), dtype=dtype)
     return out if out is not None else np.empty((0, 0), np.uint32)
+
+
+def _candidate_index(stems: Sequence[Path], rows: np.ndarray, offsets: np.ndarray, one_split: bool = False
+                     ) -> SignatureIndex:
+    """A `SignatureIndex` of global `rows` (sorted, unique) alone: their keys-file columns and signatures."""
+    docs = _candidate_docs(stems, rows, offsets)
+    if one_split:
+        docs = docs.with_columns(split=pl.lit("train"))
+    _check_unique_ids(docs)
+    sig = candidate_signatures(stems, docs)
+    docs = docs.with_columns(part=pl.lit(0, pl.Int32), part_row=pl.int_range(len(docs), dtype=pl.Int64))
+    return SignatureIndex(docs, np.empty((len(docs), 0), np.uint64), [sig])
 
 
 def _unique_pairs(a: np.ndarray, b: np.ndarray, exact: np.ndarray, m: int
@@ -177,43 +217,209 @@ def _star_pairs(band: np.ndarray, key: np.ndarray, local: np.ndarray, rank: np.n
     return _unique_pairs(a, b, band[linked] == EXACT, m)
 
 
-def candidate_index(stems: Sequence[Path], bucket_files: Sequence[Path], one_split: bool = False
-                    ) -> tuple[SignatureIndex, pl.DataFrame]:
-    """The candidates task: a `SignatureIndex` of the documents in any bucket (their keys-file
-    columns and signature rows only), and the candidate pairs numbered into it, equal to
-    `candidate_pairs` on the full index. `one_split`: every document is treated as `train` (the
-    evaluation set deduplicating itself)."""
+# ---- the candidates phase, partitioned ------------------------------------------------------------
+
+def cluster_partitions(config: DedupConfig) -> int:
+    """How many pair / cluster partitions (tasks) the candidates phase of `config` runs."""
+    if config.cluster_partitions is not None:
+        return config.cluster_partitions
+    ranges = min(config.band_ranges, config.minhash.bands) if config.near else 1
+    return ranges * config.hash_partitions
+
+
+def _partition_file(prefix: Path, what: str, q: int) -> Path:
+    return prefix.with_name(f"{prefix.name}-{what}{q}.parquet")
+
+
+def _write_partitions(frame: pl.DataFrame, by: np.ndarray, parts: int, prefix: Path, what: str) -> list[Path]:
+    """`frame`'s rows into `parts` files, row i into file by[i] % parts (each file in `frame`'s order)."""
+    which = by % parts
+    out = []
+    for q in range(parts):
+        path = _partition_file(prefix, what, q)
+        frame.filter(pl.Series(which == q)).write_parquet(path)
+        out.append(path)
+    return out
+
+
+def bucket_pairs(stems: Sequence[Path], bucket_file: Path, parts: int, prefix: Path) -> list[Path]:
+    """A bucket task's second half: each of its buckets' members linked to the bucket's smallest-id
+    member (as `dedup._star_edges`), as global rows (a < b, exact), written to `parts` files by
+    a % parts (`<prefix>-pairs<q>.parquet`). It reads the ids of its own members only."""
     stems = [Path(s) for s in stems]
-    offsets = np.concatenate([[0], np.cumsum(shard_sizes(stems))])
-    rows = np.unique(np.concatenate([np.empty(0, np.int64)] + [  # pass 1: which rows are candidates
-        np.unique(pl.read_parquet(f, columns=["row"])["row"].to_numpy()) for f in bucket_files]))
-    docs = _candidate_docs(stems, rows, offsets)
-    if one_split:
-        docs = docs.with_columns(split=pl.lit("train"))
-    if docs["id"].is_duplicated().any():  # among candidates: an id hashes its text, so a repeat is an exact pair
-        dup = docs.filter(pl.col("id").is_duplicated()).sort("id").head(4).select("shard", "id").rows()
-        raise ValueError(f"document ids are not unique across shards, e.g. (shard, id) {dup}")
-    sig = candidate_signatures(stems, docs)
-    docs = docs.with_columns(part=pl.lit(0, pl.Int32), part_row=pl.int_range(len(docs), dtype=pl.Int64))
-    index = SignatureIndex(docs, np.empty((len(docs), 0), np.uint64), [sig])
-    rank = np.empty(len(docs), dtype=np.int64)
-    rank[np.argsort(docs["id"].to_numpy(), kind="stable")] = np.arange(len(docs))
-    found = []  # pass 2, a bucket file at a time: a bucket never spans two files
-    for f in bucket_files:
-        members = pl.read_parquet(f)
-        found.append(_star_pairs(members["band"].to_numpy(), members["key"].to_numpy(),
-                                 np.searchsorted(rows, members["row"].to_numpy()), rank, len(docs)))
-        del members
-    a, b, exact = _unique_pairs(*(np.concatenate([np.empty(0, t)] + [x[i] for x in found])
-                                  for i, t in enumerate((np.int64, np.int64, bool))), len(docs))
-    order = np.lexsort((b, a))
-    a, b = a[order], b[order]
-    ids, shards = docs["id"], docs["shard"]
-    pairs = pl.DataFrame({"a": a, "b": b, "kind": np.where(exact[order], "exact", "lsh")},
-                         schema={"a": pl.Int64, "b": pl.Int64, "kind": pl.Utf8})
-    pairs = pairs.with_columns(id_a=ids.gather(pairs["a"]), id_b=ids.gather(pairs["b"]),
-                               shard_a=shards.gather(pairs["a"]), shard_b=shards.gather(pairs["b"]))
-    return index, pairs
+    members = pl.read_parquet(bucket_file)
+    rows = np.unique(members["row"].to_numpy())
+    ids = _candidate_docs(stems, rows, _offsets(stems), ["shard", "id"])
+    _check_unique_ids(ids)
+    rank = np.empty(len(rows), dtype=np.int64)
+    rank[ids["id"].arg_sort().to_numpy()] = np.arange(len(rows))
+    del ids
+    a, b, exact = _star_pairs(members["band"].to_numpy(), members["key"].to_numpy(),
+                              np.searchsorted(rows, members["row"].to_numpy()), rank, len(rows))
+    del members
+    pairs = pl.DataFrame({"a": rows[a], "b": rows[b], "exact": exact}, schema=PAIR_SCHEMA)
+    return _write_partitions(pairs, pairs["a"].to_numpy(), parts, Path(prefix), "pairs")
+
+
+def partition_pairs(stems: Sequence[Path], pair_files: Sequence[Path], fields: Sequence[str], config: DedupConfig,
+                    out: Path, fetch: Callable[[dict[str, list[str]]], pl.DataFrame] | None = None) -> dict:
+    """A pairs task: one partition's pairs from every bucket task, each pair once (exact when any
+    copy is), verified by true Jaccard when `config.verify` (only these pairs' texts are fetched);
+    writes (a, b, kind[, jaccard]) sorted to `out`; returns counts by kind."""
+    stems = [Path(s) for s in stems]
+    found = pl.concat([pl.read_parquet(f) for f in pair_files]) if pair_files else pl.DataFrame(schema=PAIR_SCHEMA)
+    pairs = (found.sort("a", "b", "exact", descending=[False, False, True])
+             .unique(subset=["a", "b"], keep="first", maintain_order=True))
+    del found
+    pairs = pairs.select("a", "b", kind=pl.when(pl.col("exact")).then(pl.lit("exact")).otherwise(pl.lit("lsh")))
+    if config.verify and not pairs.is_empty():
+        if fetch is None:
+            raise ValueError("dedup.verify is on: partition_pairs needs a `fetch` for the candidates' texts")
+        a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
+        rows = np.unique(np.concatenate([a, b]))
+        docs = _candidate_docs(stems, rows, _offsets(stems), ["shard", "id"])
+        ia, ib = np.searchsorted(rows, a), np.searchsorted(rows, b)
+        pairs = pairs.with_columns(id_a=docs["id"].gather(ia), id_b=docs["id"].gather(ib),
+                                   shard_a=docs["shard"].gather(ia), shard_b=docs["shard"].gather(ib))
+        del docs
+        needed = texts_needed(pairs)
+        pairs = (verify_pairs(pairs, fetch(needed), fields, config) if needed  # exact pairs alone: none to fetch
+                 else pairs.with_columns(jaccard=pl.lit(1.0))).select("a", "b", "kind", "jaccard")
+    pairs.write_parquet(out)
+    return {"pairs": pairs.height, "candidate_pairs": dict(pairs.group_by("kind").len().sort("kind").rows())}
+
+
+def _compress(parent: np.ndarray) -> None:
+    """Point every entry of the forest `parent` (parent[i] <= i) at its root, in place."""
+    while True:
+        grand = parent[parent]
+        if np.array_equal(grand, parent):
+            return
+        parent[:] = grand
+
+
+def _union(parent: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
+    """Join the trees of every edge (u[i], v[i]), the larger root under the smaller (so a root is its
+    tree's smallest entry), vectorised: hook, compress, again for the edges still split."""
+    while len(u):
+        _compress(parent)
+        ru, rv = parent[u], parent[v]
+        split = ru != rv
+        u, v, ru, rv = u[split], v[split], ru[split], rv[split]
+        if len(u):
+            np.minimum.at(parent, np.maximum(ru, rv), np.minimum(ru, rv))
+
+
+def connected_rows(pair_files: Sequence[Path], parts: int, prefix: Path) -> tuple[list[Path], dict]:
+    """The components task, the one global step: connected components over the (verified) pair
+    partitions, read one at a time, by a union-find over the candidate rows alone: a sorted int64
+    array of their global rows and an int32 parent array (12 bytes per candidate document, no ids,
+    no strings). Writes (row, cluster = the component's smallest row) in `parts` files by cluster %
+    parts (`<prefix>-clusters<q>.parquet`); returns them and small stats."""
+    rows = np.empty(0, np.int64)
+    for f in pair_files:
+        rows = np.union1d(rows, pl.read_parquet(f, columns=["a", "b"]).to_numpy().ravel())
+    if len(rows) >= 2 ** 31:
+        raise ValueError(f"{len(rows)} candidate documents: more than an int32 union-find holds")
+    parent = np.arange(len(rows), dtype=np.int32)
+    n_pairs = 0
+    for f in pair_files:
+        ab = pl.read_parquet(f, columns=["a", "b"])
+        n_pairs += ab.height
+        _union(parent, np.searchsorted(rows, ab["a"].to_numpy()).astype(np.int32),
+               np.searchsorted(rows, ab["b"].to_numpy()).astype(np.int32))
+        del ab
+    _compress(parent)
+    root = rows[parent]
+    clusters = pl.DataFrame({"row": rows, "cluster": root}, schema=CLUSTER_SCHEMA)
+    files = _write_partitions(clusters, root, parts, Path(prefix), "clusters")
+    return files, {"candidates": len(rows), "pairs": n_pairs, "clusters": int((parent == np.arange(len(rows))).sum())}
+
+
+def keep_partition(stems: Sequence[Path], cluster_file: Path, config: DedupConfig, out: Path,
+                   one_split: bool = False) -> dict:
+    """A keeper task over one cluster partition: the keeper rule (`dedup.decide_clusters`) with the
+    (id, split, length, exact key) and signatures of its own rows only; writes its decisions to `out`
+    and returns its part of the explain-stats (merged by `merge_stats`)."""
+    stems = [Path(s) for s in stems]
+    clusters = pl.read_parquet(cluster_file)
+    index = _candidate_index(stems, clusters["row"].to_numpy(), _offsets(stems), one_split)
+    if index.docs.is_empty():
+        decisions, members = pl.DataFrame(schema=DECISION_SCHEMA), pl.DataFrame(
+            schema={"cluster": pl.Int64, "id": pl.Utf8, "keeper": pl.Utf8})
+    else:
+        decisions, members = decide_clusters(index, clusters["cluster"].to_numpy(), config)
+    decisions.write_parquet(out)
+    sizes = members.group_by("cluster").agg(size=pl.len(), keeper=pl.col("keeper").first(), members=pl.col("id"))
+    largest = sizes.sort(["size", "keeper"], descending=[True, False]).head(config.top_clusters)
+    shard = dict(index.docs.select("id", "shard").iter_rows())
+    return {"documents": len(index.docs), "rows_rejected": decisions.height,
+            "rejected_by_reason": dict(decisions.group_by("reason").len().rows()),
+            "clusters": sizes.height, "cluster_size_histogram": dict(sizes.group_by("size").len().rows()),
+            "largest_clusters": [{"kept": k, "size": s, "members": m, "shards": [shard[i] for i in m]}
+                                 for s, k, m in largest.select("size", "keeper", "members").rows()]}
+
+
+def merge_stats(pair_stats: Sequence[dict], keeper_stats: Sequence[dict], docs: int, top: int
+                ) -> tuple[dict, dict[str, list[str]]]:
+    """The explain-stats of `dedup.decide` from the tasks' parts, and shard -> ids of the largest
+    clusters' members (for snippets)."""
+    by_reason = dict.fromkeys(REASONS, 0)
+    pairs: dict[str, int] = {}
+    hist: dict[int, int] = {}
+    for st in pair_stats:
+        for k, c in st["candidate_pairs"].items():
+            pairs[k] = pairs.get(k, 0) + c
+    for st in keeper_stats:
+        for r, c in st["rejected_by_reason"].items():
+            by_reason[r] += c
+        for s, c in st["cluster_size_histogram"].items():
+            hist[s] = hist.get(s, 0) + c
+    largest = sorted((c for st in keeper_stats for c in st["largest_clusters"]),
+                     key=lambda c: (-c["size"], c["kept"]))[:top]
+    needed: dict[str, set[str]] = {}
+    for c in largest:
+        for i, s in zip(c["members"], c["shards"]):
+            needed.setdefault(s, set()).add(i)
+    stats = {"docs": docs, "rows_rejected": sum(st["rows_rejected"] for st in keeper_stats),
+             "rejected_by_reason": by_reason, "candidate_pairs": dict(sorted(pairs.items())),
+             "clusters": sum(st["clusters"] for st in keeper_stats),
+             "cluster_size_histogram": {str(s): hist[s] for s in sorted(hist)},
+             "largest_clusters": [{"kept": c["kept"], "size": c["size"], "members": c["members"]} for c in largest]}
+    return stats, {s: sorted(ids) for s, ids in sorted(needed.items())}
+
+
+def merge_decisions(files: Sequence[Path], out: Path) -> int:
+    """The partitions' decisions as one file sorted by id (a streaming sort); returns its rows."""
+    if not files:
+        pl.DataFrame(schema=DECISION_SCHEMA).write_parquet(out)
+        return 0
+    pl.scan_parquet([str(f) for f in files]).sort("id").sink_parquet(out)
+    return pl.scan_parquet(out).select(pl.len()).collect().item()
+
+
+def overlap_partition(stems: Sequence[Path], pairs_file: Path, out: Path) -> int:
+    """A decontamination task over one pair partition: `decontaminate.overlap_decisions` with its
+    rows' (id, split) and signatures only; each training id once, its best evaluation match."""
+    stems = [Path(s) for s in stems]
+    pairs = pl.read_parquet(pairs_file)
+    rows = np.unique(np.concatenate([pairs["a"].to_numpy(), pairs["b"].to_numpy()]))
+    index = _candidate_index(stems, rows, _offsets(stems))
+    local = pairs.with_columns(a=pl.Series(np.searchsorted(rows, pairs["a"].to_numpy()), dtype=pl.Int64),
+                               b=pl.Series(np.searchsorted(rows, pairs["b"].to_numpy()), dtype=pl.Int64))
+    decisions = overlap_decisions(index, local)
+    decisions.write_parquet(out)
+    return decisions.height
+
+
+def merge_overlaps(files: Sequence[Path], out: Path) -> int:
+    """The partitions' `eval_overlap` decisions, each training id once (its best match over all
+    partitions, as `overlap_decisions` picks it), sorted by id."""
+    found = pl.concat([pl.read_parquet(f) for f in files]) if files else pl.DataFrame(schema=DECISION_SCHEMA)
+    decisions = (found.sort(["id", "reason_value", "reason_detail"], descending=[False, True, False])
+                 .unique(subset="id", keep="first", maintain_order=True).select(*DECISION_SCHEMA))
+    decisions.write_parquet(out)
+    return decisions.height
 
 
 def split_counts(stems: Sequence[Path]) -> dict[str, int]:
@@ -225,29 +431,50 @@ def split_counts(stems: Sequence[Path]) -> dict[str, int]:
     return counts
 
 
+# ---- the whole phase in one process (tests, notebooks); the stage submits each step as a task ------
+
+def _pair_partitions(stems: Sequence[Path], bucket_files: Sequence[Path], fields: Sequence[str],
+                     config: DedupConfig, fetch, work: Path) -> tuple[list[Path], list[dict]]:
+    parts = cluster_partitions(config)
+    found = [bucket_pairs(stems, f, parts, work / f"b{i}") for i, f in enumerate(bucket_files)]
+    files = [work / f"pairs-{q}.parquet" for q in range(parts)]
+    stats = [partition_pairs(stems, [f[q] for f in found], fields, config, files[q], fetch) for q in range(parts)]
+    return files, stats
+
+
 def find_duplicates_sharded(stems: Sequence[Path], bucket_files: Sequence[Path], fields: Sequence[str],
                             config: DedupConfig, fetch: Callable[[dict[str, list[str]]], pl.DataFrame] | None = None,
-                            one_split: bool = False) -> tuple[pl.DataFrame, dict, SignatureIndex]:
-    """`dedup.find_duplicates` from bucket files: the decisions, explain-stats and the candidates' index."""
-    index, pairs = candidate_index(stems, bucket_files, one_split)
-    if config.verify and not pairs.is_empty():
-        if fetch is None:
-            raise ValueError("dedup.verify is on: find_duplicates_sharded needs a `fetch` for the candidates' texts")
-        pairs = verify_pairs(pairs, fetch(texts_needed(pairs)), fields, config)
-    decisions, stats = decide(index, pairs, config)
-    return decisions, {**stats, "docs": int(shard_sizes(stems).sum())}, index
+                            one_split: bool = False) -> tuple[pl.DataFrame, dict, dict]:
+    """`dedup.find_duplicates` from bucket files, step by step as the stage's tasks run them: the
+    decisions, the explain-stats, and the tasks' sizes (`candidates`: rows in the union-find,
+    `largest_partition`: the most documents one keeper task read)."""
+    stems = [Path(s) for s in stems]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        pair_files, pair_stats = _pair_partitions(stems, bucket_files, fields, config, fetch, work)
+        cluster_files, comp = connected_rows(pair_files, cluster_partitions(config), work / "c")
+        keeper = [keep_partition(stems, f, config, work / f"decisions-{q}.parquet", one_split)
+                  for q, f in enumerate(cluster_files)]
+        stats, _ = merge_stats(pair_stats, keeper, int(shard_sizes(stems).sum()), config.top_clusters)
+        merge_decisions([work / f"decisions-{q}.parquet" for q in range(len(cluster_files))], work / "decisions.parquet")
+        decisions = pl.read_parquet(work / "decisions.parquet")
+    return decisions, stats, {"candidates": comp["candidates"],
+                              "largest_partition": max((k["documents"] for k in keeper), default=0)}
 
 
 def find_overlaps_sharded(stems: Sequence[Path], bucket_files: Sequence[Path], fields: Sequence[str],
                           config: DedupConfig, fetch: Callable[[dict[str, list[str]]], pl.DataFrame] | None = None
                           ) -> tuple[pl.DataFrame, dict]:
     """`decontaminate.find_overlaps` from bucket files: the `eval_overlap` decisions and small stats."""
-    index, pairs = candidate_index(stems, bucket_files)
-    if config.verify and not pairs.is_empty():
-        if fetch is None:
-            raise ValueError("evalset.dedup.verify is on: find_overlaps_sharded needs a `fetch` for the texts")
-        pairs = verify_pairs(pairs, fetch(texts_needed(pairs)), fields, config)
-    decisions = overlap_decisions(index, pairs)
+    stems = [Path(s) for s in stems]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        pair_files, _ = _pair_partitions(stems, bucket_files, fields, config, fetch, work)
+        found = [work / f"overlap-{q}.parquet" for q in range(len(pair_files))]
+        for f, o in zip(pair_files, found):
+            overlap_partition(stems, f, o)
+        merge_overlaps(found, work / "overlap.parquet")
+        decisions = pl.read_parquet(work / "overlap.parquet")
     counts = split_counts(stems)
     return decisions, {"fields": list(fields), "train_docs": counts["train"], "eval_docs": counts["eval"],
                        "eval_overlap": decisions.height}

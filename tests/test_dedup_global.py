@@ -54,12 +54,12 @@ def test_sharded_global_phase_gives_the_in_memory_decisions(tmp_path, verify, ba
     config = DedupConfig(verify=verify, band_ranges=band_ranges, hash_partitions=hash_partitions)
     stems, fetch = signed(df, config, tmp_path)
     expected, expected_stats = find_duplicates(load_index(stems, config), ["text"], config, fetch)
-    decisions, stats, index = find_duplicates_sharded(stems, buckets(stems, config, tmp_path), ["text"], config, fetch)
+    decisions, stats, sizes = find_duplicates_sharded(stems, buckets(stems, config, tmp_path), ["text"], config, fetch)
     assert len(expected) >= 20 and set(expected["reason"]) == {"exact_dup", "near_dup", "eval_overlap"}
     assert decisions.equals(expected)
     assert stats == expected_stats
-    # The candidates task held the candidate documents only, never the unrelated ones.
-    assert len(index.docs) < len(df) and set(expected["id"]) <= set(index.docs["id"])
+    # The union-find held the candidate documents only, never the unrelated ones.
+    assert len(expected) < sizes["candidates"] < len(df) and sizes["largest_partition"] <= sizes["candidates"]
 
 
 def sample_pieces(raw_sample: Path, n: int = 1500) -> pl.DataFrame:
