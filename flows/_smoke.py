@@ -181,16 +181,51 @@ def stage_states(listed: list[str], output: str, returncode: int) -> dict[str, s
     return states
 
 
+def input_paths(params: dict) -> list[str]:
+    """The relative paths of models and task files the user brings (every `init_from`, `evaluate.models`
+    and `evaluate.tasks` path), which the scratch copy needs beside the code. Paths under `models/` are
+    the DAG's own outputs (an init is copied out of there first: README "Start from a model you already
+    have"), absolute ones are read where they are."""
+    found: list[str] = []
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "init_from" and isinstance(value, str):
+                    found.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(params)
+    evaluate = params.get("evaluate") or {}
+    found += [e["path"] for key in ("models", "tasks") for e in evaluate.get(key) or []
+              if isinstance(e, dict) and isinstance(e.get("path"), str)]
+    return sorted({p for p in found if p and not Path(p).is_absolute() and Path(p).parts[0] != "models"})
+
+
 def prepare_scratch(workspace: Path, profile: Path, raw: Path, scratch: Path, cap_mb: float,
                     bf16_ok: bool) -> dict[str, int]:
-    """The scratch copy: code, dvc.yaml, smoke params, capped raw data; a git + DVC repo with `fetch`
-    recorded as done (its download is replaced by the capped copy of the raw data)."""
+    """The scratch copy: code, dvc.yaml, smoke params, capped raw data, the models and task files the
+    params name (`input_paths`); a git + DVC repo with `fetch` recorded as done (its download is replaced
+    by the capped copy of the raw data)."""
     for name in CODE:
         shutil.copytree(workspace / name, scratch / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(workspace / "dvc.yaml", scratch / "dvc.yaml")
     params = yaml.safe_load((workspace / "params.yaml").read_text()) or {}
     smoke = smoke_params(params, yaml.safe_load(profile.read_text()) or {}, bf16_ok)
     (scratch / "params.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
+    for rel in input_paths(smoke):
+        src, dst = workspace / rel, scratch / rel
+        if dst.exists():
+            continue  # init/none: part of the code
+        if not src.exists():
+            raise UsageError(f"{rel}: named in the params (an init_from or an evaluate entry) but not in "
+                             f"{workspace}; put the model or file there first (see the profile's header)")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
     root = scratch / smoke.get("data", {}).get("root", "data")
     copied = stage_raw(raw, root / "raw", cap_mb)
     (scratch / "metrics").mkdir(exist_ok=True)  # what the fetch stage would have written

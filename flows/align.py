@@ -4,7 +4,9 @@ instruction and comparison data. One Prefect flow per DVC stage; logic in lmtrai
     python -m flows.align sft|reward|judge|ppo|dpo|evaluate [--params params.yaml]
 
 `reward` (optimised by PPO; DPO trains on its half) and `judge` (from the pretrained GPT, another seed,
-the other half of the comparisons; used only to grade policies in `align_eval`) share no prompt.
+the other half of the comparisons; used only to grade policies in `align_eval`) share no prompt. Each
+starts from its section's `init_from` (reward: SFT; judge: models/pretrain/gpt/checkpoint, or the HF
+GPT-2 folder SFT started from, so that it speaks the policies' tokenizer: profiles/sft_from_hf.yaml).
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from lmdata.errors import ConfigError
 from lmtrain.align.dpo import DPOConfig, train_dpo
 from lmtrain.align.evaluate import AlignEvalConfig, evaluate_alignment, length_rows, summary_rows
 from lmtrain.align.ppo import PPOConfig, train_ppo
-from lmtrain.align.reward import JudgeConfig, RewardConfig, reward_model_agreement, train_judge, train_reward
+from lmtrain.align.reward import (
+    JudgeConfig,
+    RewardConfig,
+    check_same_tokenizer,
+    reward_model_agreement,
+    train_judge,
+    train_reward,
+)
 from lmtrain.align.sft import SFTConfig, train_sft
 from lmtrain.config import ConfigError as TrainConfigError
 from lmtrain.config import build_config
@@ -85,7 +94,7 @@ def reward_rows(name: str, m: dict) -> list[dict]:
 @flow(name="reward", log_prints=True)
 def reward(params: dict) -> dict:
     cfg = config(RewardConfig, params, "reward")
-    rm = train_reward(cfg, OUT / "sft/checkpoint", COMPARISONS, EVAL_COMPARISONS, OUT / "reward", EVAL_INSTRUCTIONS,
+    rm = train_reward(cfg, cfg.init_from, COMPARISONS, EVAL_COMPARISONS, OUT / "reward", EVAL_INSTRUCTIONS,
                       on_progress=ui_progress("reward-progress", f"reward model: {cfg.epochs} epochs over the comparisons"))
     metrics = {**scalars(rm), **{k: rm.get(k) for k in BY_SOURCE}, "calibration": rm.get("calibration")}
     write_train_metrics("reward", metrics)
@@ -101,9 +110,13 @@ def reward(params: dict) -> dict:
 def judge(params: dict) -> dict:
     cfg = config(JudgeConfig, params, "judge")
     reward_subset = config(RewardConfig, params, "reward").subset
-    m = train_judge(cfg, OUT / "pretrain/gpt/checkpoint", COMPARISONS, EVAL_COMPARISONS, OUT / "judge", reward_subset,
+    try:  # it grades the policies' token ids: the reward model's (= SFT's) tokenizer, checked before any work
+        check_same_tokenizer(cfg.init_from, OUT / "reward/checkpoint")
+    except TrainConfigError as e:
+        raise ConfigError(str(e)) from e
+    m = train_judge(cfg, cfg.init_from, COMPARISONS, EVAL_COMPARISONS, OUT / "judge", reward_subset,
                     EVAL_INSTRUCTIONS, on_progress=ui_progress("judge-progress", f"judge: {cfg.epochs} epochs over "
-                                                                                  f"the other half, from the pretrained GPT"))
+                                                                                  f"the other half, from {cfg.init_from}"))
     # does the judge still mirror the reward model? (read here, not in models/judge: that stays the judge's own)
     rm_metrics = json.loads((OUT / "reward/metrics.json").read_text())
     agree = reward_model_agreement(OUT / "reward/checkpoint", OUT / "judge/checkpoint", EVAL_COMPARISONS,

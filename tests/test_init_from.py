@@ -159,3 +159,140 @@ def test_every_profile_parses_as_dvc_exp_run_overrides():
             for key in override.key_or_group.split("."):
                 node = node[key]
             assert override.value() == node, (profile.name, override.key_or_group)
+
+
+TOPICS = {k: f"the {k} there, rather other ones tell {k}" for k in
+          ("loops", "functions", "classes", "imports", "lists", "strings", "dicts", "tuples", "sets", "files",
+           "errors", "numbers")}
+
+
+@pytest.fixture(scope="module")
+def hf_chain(tmp_path_factory) -> dict:
+    """The alignment chain on a tiny random HF GPT-2 folder (block 64), as profiles/sft_from_hf.yaml runs it:
+    SFT and the judge from the folder, the reward model from SFT, PPO and RLOO from SFT against it."""
+    import polars as pl
+
+    from lmtrain.align.ppo import PPOConfig, train_ppo
+    from lmtrain.align.reward import JudgeConfig, RewardConfig, train_judge, train_reward
+    from lmtrain.align.rloo import RLOOConfig, train_rloo
+
+    root = tmp_path_factory.mktemp("hf_chain")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=GPT2_VOCAB, n_positions=64, n_embd=16, n_layer=2, n_head=2)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(root / "gpt2", safe_serialization=True)
+    write_tiny_bpe(root / "gpt2")
+    names = sorted(TOPICS)
+    ins, cmp = [], []
+    for i, k in enumerate(names):
+        split, prompt, other = "eval" if i >= 8 else "train", f"Explain {k}.", names[(i + 5) % len(names)]
+        ins.append({"id": f"i{i:02d}", "split": split, "source": "pydoc", "group": k, "prompt": prompt,
+                    "response": TOPICS[k], "messages": None})
+        cmp.append({"id": f"c{i:02d}", "split": split, "source": "pydoc", "group": k, "prompt": prompt,
+                    "chosen": TOPICS[k], "rejected": TOPICS[other]})
+    for name, rows in (("ins", ins), ("cmp", cmp)):
+        (root / name).mkdir()
+        pl.DataFrame(rows).write_parquet(root / name / "part-0.parquet")
+    fast = dict(device="cpu", progress=False)
+    out = {"root": root}
+    out["sft"] = train_sft(SFTConfig(epochs=1, batch_size=4, samples=0, eval_split="all", init_from=str(root / "gpt2"),
+                                     **fast), root / "gpt2", root / "ins", root / "ins", root / "sft")
+    sft = root / "sft" / "checkpoint"
+    rcfg = RewardConfig(epochs=1, batch_size=4, eval_split="all", max_response_tokens=16, **fast)
+    out["rm"] = train_reward(rcfg, sft, root / "cmp", root / "cmp", root / "rm", root / "ins")
+    jcfg = JudgeConfig(epochs=1, batch_size=4, eval_split="all", max_response_tokens=16, init_from=str(root / "gpt2"),
+                       **fast)
+    out["judge"] = train_judge(jcfg, jcfg.init_from, root / "cmp", root / "cmp", root / "judge", rcfg.subset, root / "ins")
+    rl = dict(steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=4, minibatch_size=4, **fast)
+    out["ppo"] = train_ppo(PPOConfig(**rl), sft, root / "rm" / "checkpoint", root / "ins", root / "ppo")
+    out["rloo"] = train_rloo(RLOOConfig(**rl), sft, root / "rm" / "checkpoint", root / "ins", root / "rloo")
+    return out
+
+
+def test_the_judge_and_reward_model_start_from_a_hf_folder_and_keep_its_tokenizer(hf_chain):
+    from lmtrain.align.reward_model import load_reward_model
+
+    root = hf_chain["root"]
+    adopted = model_tokenizer(root / "gpt2")  # GPT-2's ids + the chat markers
+    for name in ("sft/checkpoint", "rm/checkpoint", "judge/checkpoint", "ppo/checkpoint", "rloo/checkpoint"):
+        assert load_tokenizer(root / name / "tokenizer").hash == adopted.hash, name
+    judge, tok = load_reward_model(root / "judge" / "checkpoint")
+    start, _ = import_hf(root / "gpt2")  # the judge's backbone grew the chat markers' rows, then trained
+    assert judge.backbone.config.vocab_size == tok.vocab_size == GPT2_VOCAB + len(DEFAULT_SPECIALS) - 1
+    assert judge.backbone.config.block_size == 64
+    assert hf_chain["judge"]["init"] == str(root / "gpt2") and hf_chain["rm"]["init"].endswith("sft/checkpoint")
+    assert hf_chain["judge"]["pairs"] > 0 and 0.0 <= hf_chain["judge"]["accuracy"] <= 1.0
+
+
+def test_align_eval_and_the_curve_grade_hf_policies_with_the_hf_judge(hf_chain, tmp_path):
+    from lmtrain.align.curve import AlignCurveConfig, over_optimisation_curve
+    from lmtrain.align.evaluate import AlignEvalConfig, evaluate_alignment
+
+    root = hf_chain["root"]
+    policies = {name: root / name / "checkpoint" for name in ("ppo", "rloo")}
+    m = evaluate_alignment(AlignEvalConfig(policies=list(policies), samples_per_prompt=1, max_new_tokens=4, split="dev",
+                                           bootstrap_resamples=50, device="cpu"),
+                           root / "sft" / "checkpoint", policies, root / "judge" / "checkpoint", root / "ins")
+    assert m["prompts"] == 3 and all(0.0 <= m[p]["win_rate"] <= 1.0 for p in policies)
+    curve = over_optimisation_curve(AlignCurveConfig(prompts=2, max_new_tokens=4, device="cpu"),
+                                    root / "sft" / "checkpoint", {p: root / p for p in policies},
+                                    root / "rm" / "checkpoint", root / "judge" / "checkpoint", root / "ins")
+    assert {p["method"] for p in curve["points"]} == set(policies)
+
+
+def test_a_judge_from_another_tokenizer_fails_before_work(hf_chain, tmp_path):
+    """The defect: the judge started from models/pretrain/gpt (the pipeline's BPE) while SFT started from
+    a GPT-2 folder, so align_eval refused the judge at the end of the DAG."""
+    from lmtrain.align.reward import check_same_tokenizer
+
+    root = hf_chain["root"]
+    check_same_tokenizer(root / "gpt2", root / "rm" / "checkpoint")  # the profile's setting: no error
+    other = train_bpe(TEXTS, vocab_size=300)
+    train(config(config="smoke"), *tokens(tmp_path / "tokens", other), tmp_path / "base")
+    attach_tokenizer(tmp_path / "base" / "checkpoint", other.save(tmp_path / "tok"))
+    with pytest.raises(TrainConfigError, match=r"judge\.init_from: .* tokenizer of 300 tokens .* has 267"):
+        check_same_tokenizer(tmp_path / "base" / "checkpoint", root / "rm" / "checkpoint")
+
+
+def test_the_evaluation_suite_scores_a_hf_folder_with_its_own_vocabulary(hf_dir):
+    from lmtrain.evaluate.suite import EvaluateConfig, check_config
+    from lmtrain.models.init import load_pretrained
+
+    model, tok = load_pretrained(hf_dir)
+    start, _ = import_hf(hf_dir)
+    assert tok.vocab_size == GPT2_VOCAB == model.config.vocab_size  # no chat markers: scored as it is
+    x = torch.tensor([tok.encode(TEXTS[1])[:32]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], start(x)[0])
+    check_config(EvaluateConfig(models=[{"name": "gpt2", "path": str(hf_dir)}]))
+    (hf_dir.parent / "no_weights").mkdir(exist_ok=True)
+    (hf_dir.parent / "no_weights" / "config.json").write_text((hf_dir / "config.json").read_text())
+    with pytest.raises(TrainConfigError, match="no model.safetensors"):
+        check_config(EvaluateConfig(models=[{"name": "x", "path": str(hf_dir.parent / "no_weights")}]))
+
+
+def test_the_sft_from_hf_profile_resolves_into_a_dag_that_never_reads_the_pipelines_gpt(tmp_path):
+    """profiles/sft_from_hf.yaml applied as `dvc exp run -S` would: every stage downstream of SFT, the judge
+    and the evaluation suite follow the GPT-2 folder; the smoke run copies it into its scratch folder."""
+    import subprocess
+    import sys
+
+    import networkx as nx
+    from dvc.repo import Repo
+
+    from flows._smoke import input_paths, smoke_params
+
+    profile = yaml.safe_load((ROOT / "profiles" / "sft_from_hf.yaml").read_text())
+    params = smoke_params(yaml.safe_load((ROOT / "params.yaml").read_text()), profile, bf16_ok=False)
+    assert input_paths(params) == ["data/init/gpt2", "init/none"]  # what --smoke copies beside the code
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    repo = Repo(str(tmp_path))
+    deps = {st.name: {str(Path(d.def_path)) for d in st.deps} for st in repo.index.stages}
+    for stage in ("sft", "judge"):
+        assert "data/init/gpt2" in deps[stage] and not any(d.startswith("models/pretrain") for d in deps[stage])
+    assert "models/sft/checkpoint" in deps["reward"]
+    align_eval = next(st for st in repo.index.stages if st.name == "align_eval")
+    upstream = {st.name for st in nx.descendants(repo.index.graph, align_eval)}  # edges: stage -> its deps
+    assert {"sft", "reward", "judge", "ppo", "rloo", "dpo"} <= upstream and "pretrain" not in upstream
+    assert "evaluate-models@3" in deps and "data/init/gpt2" in deps["evaluate-models@3"]

@@ -8,6 +8,11 @@ not the reward model's twin: it starts from the pretrained GPT (not the SFT mode
 on the other half of the comparisons (halves by prompt group, so no prompt is in both; checked). It has
 the same size: the tiny GPT is the only pretrained model there is.
 
+Both start from `init_from` (lmtrain.models.init.load_init): an lmforge checkpoint or a HF GPT-2 folder,
+whose tokenizer (a GPT-2 one with the chat markers appended) is saved with the model. The judge grades
+the policies' token ids, so its init must speak their tokenizer: an SFT from a HF folder needs a judge
+from that folder (profiles/sft_from_hf.yaml), checked by `check_same_tokenizer` before any work.
+
 The model, its scoring and its files are lmtrain.align.reward_model (PPO and the judge read it there);
 the pairs (mirrors, the checks) are lmtrain.align.pairs, who may see which pairs lmtrain.align.splits.
 """
@@ -34,11 +39,14 @@ from lmtrain.align.reward_model import (
     score_ids,
 )
 from lmtrain.align.splits import on_side, with_groups
-from lmtrain.config import OptimConfig
+from lmtrain.config import ConfigError, OptimConfig
 from lmtrain.data.tables import read_comparisons
-from lmtrain.models.bundle import load_gpt
+from lmtrain.models.bundle import TOKENIZER_DIR
+from lmtrain.models.init import load_init
 from lmtrain.progress import Progress, split_timings
 from lmtrain.runtime import adamw, check_finite, cosine_lr, optimizer_step, set_lr, setup
+from lmtrain.tokenizer import load_tokenizer
+from lmtrain.tokenizer.adopt import model_format, model_tokenizer
 
 
 @dataclass
@@ -63,7 +71,8 @@ class RewardConfig(OptimConfig):
     eval_split: str = "dev"  # held-out pairs the reported accuracy is measured on: dev | test | all
     calibration_bins: int = 5  # bins of σ(r_c - r_r) in the calibration table
     length_match_tolerance: float = 0.1  # a pair is length-matched if |len_c - len_r| <= tol * max(len)
-
+    init_from: str = "models/sft/checkpoint"  # the GPT the reward model starts from: an lmforge checkpoint or
+    #                                           a HF GPT-2 folder; its tokenizer must be the policies' (PPO checks)
 
 
 @dataclass
@@ -75,6 +84,8 @@ class JudgeConfig(RewardConfig):
     subset: str = "half_b"  # must share no prompt with reward.subset (checked before any work)
     learning_rate: float = 3e-4
     epochs: int = 3  # from the pretrained GPT: dev accuracy 0.755 at 3 epochs, 0.736 at 4
+    init_from: str = "models/pretrain/gpt/checkpoint"  # the pretrained GPT (not SFT); from a HF GPT-2 folder
+    #                                                    when SFT starts there: the same tokenizer as the policies
 
 
 def calibration_table(r_chosen: torch.Tensor, r_rejected: torch.Tensor, bins: int) -> list[dict]:
@@ -140,7 +151,7 @@ def train_reward(cfg: RewardConfig, init_ckpt: str | Path, train_dir: str | Path
     fit_pairs, eval_pairs, info = preference_data(train_dir, eval_dir, cfg.subset, cfg.eval_split, cfg.mirror_pairs,
                                                   cfg.drop_unmirrored, who, eval_prompts_dir, not_subset)
     rt = setup(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
-    backbone, tok = load_gpt(init_ckpt, cfg.dropout)
+    backbone, tok = load_init(init_ckpt, "gpt", cfg.dropout, f"{who.split()[0]}.init_from")
     model = RewardModel(backbone).to(rt.device).train()
     pad = tok.eot_id
     rows = [(encode_pair(tok, p["prompt"], p["chosen"], cfg.max_response_tokens)[-backbone.block_size:],
@@ -177,7 +188,8 @@ def train_reward(cfg: RewardConfig, init_ckpt: str | Path, train_dir: str | Path
                    train_pairs=len(fit_pairs), **info, subset=cfg.subset, seed=cfg.seed, steps=step,
                    init=str(init_ckpt), seconds=time.perf_counter() - t0)
     stable = split_timings(metrics)[0]  # the model folder is a DVC output: no wall times in it
-    save_reward_model(Path(out_dir) / "checkpoint", model, init_ckpt, {"reward_config": asdict(cfg), **stable})
+    tok_source = init_ckpt if model_format(init_ckpt) == "lmforge" else tok  # a HF folder: the adopted tokenizer
+    save_reward_model(Path(out_dir) / "checkpoint", model, tok_source, {"reward_config": asdict(cfg), **stable})
     (Path(out_dir) / "metrics.json").write_text(json.dumps(stable, indent=2))
     (Path(out_dir) / "history.json").write_text(json.dumps(history))
     return metrics
@@ -186,10 +198,23 @@ def train_reward(cfg: RewardConfig, init_ckpt: str | Path, train_dir: str | Path
 def train_judge(cfg: JudgeConfig, pretrain_ckpt: str | Path, train_dir: str | Path, eval_dir: str | Path,
                 out_dir: str | Path, reward_subset: str, eval_prompts_dir: str | Path | None = None,
                 on_progress: Callable[[dict], None] | None = None) -> dict:
-    """The judge: `train_reward` from the pretrained bundle on cfg.subset, which must share no prompt with
-    the reward model's `reward_subset` (only ever used to grade policies)."""
+    """The judge: `train_reward` from the pretrained model `pretrain_ckpt` (cfg.init_from in the DAG) on
+    cfg.subset, which must share no prompt with the reward model's `reward_subset` (only ever used to grade
+    policies)."""
     return train_reward(cfg, pretrain_ckpt, train_dir, eval_dir, out_dir, eval_prompts_dir, not_subset=reward_subset,
                         who="judge", on_progress=on_progress)
+
+
+def check_same_tokenizer(init_from: str | Path, policy_ckpt: str | Path, setting: str = "judge.init_from") -> None:
+    """Fail before any work unless the model at `init_from` comes with the tokenizer of the checkpoint
+    `policy_ckpt` (a bundle: the reward model or SFT), whose token ids the judge will score."""
+    ours, theirs = model_tokenizer(init_from, setting), load_tokenizer(Path(policy_ckpt) / TOKENIZER_DIR)
+    if ours.hash != theirs.hash:
+        raise ConfigError(
+            f"{setting}: the model at {init_from} has a tokenizer of {ours.vocab_size} tokens ({ours.hash[:12]}) but "
+            f"{policy_ckpt} has {theirs.vocab_size} ({theirs.hash[:12]}): the judge scores the policies' token ids, "
+            "so it must start from a model with their tokenizer; set it to the model sft.init_from names (a HF "
+            "GPT-2 folder: the folder itself) or to a pretrained checkpoint trained with that tokenizer")
 
 
 def reward_model_agreement(ckpt_a: str | Path, ckpt_b: str | Path, eval_dir: str | Path, eval_split: str,

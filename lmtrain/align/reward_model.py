@@ -18,7 +18,8 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from lmtrain.align.common import pad_batch
-from lmtrain.models.bundle import load_gpt, save_bundle
+from lmtrain.models.bundle import TOKENIZER_DIR, load_gpt, save_bundle
+from lmtrain.models.checkpoint import save_checkpoint
 from lmtrain.models.gpt import GPT
 
 HEAD_FILE = "reward_head.safetensors"
@@ -69,9 +70,15 @@ def score_ids(model: RewardModel, rows: Sequence[Sequence[int]], pad: int, batch
     return torch.cat(out).cpu() if out else torch.zeros(0)
 
 
-def save_reward_model(ckpt_dir: str | Path, model: RewardModel, tok_source: str | Path, meta: dict) -> Path:
-    """Backbone as a bundle, head as safetensors, metadata as JSON."""
-    ckpt_dir = save_bundle(ckpt_dir, model.backbone, tok_source)
+def save_reward_model(ckpt_dir: str | Path, model: RewardModel, tok_source, meta: dict) -> Path:
+    """Backbone as a bundle, head as safetensors, metadata as JSON. `tok_source`: the tokenizer the model was
+    trained with (saved into the bundle: a HF GPT-2 folder has no lmforge tokenizer/ to copy) or a bundle
+    folder whose tokenizer/ is copied."""
+    if isinstance(tok_source, str | Path):
+        ckpt_dir = save_bundle(ckpt_dir, model.backbone, tok_source)
+    else:
+        ckpt_dir = Path(ckpt_dir)
+        tok_source.save(save_checkpoint(ckpt_dir, model.backbone) / TOKENIZER_DIR)
     st.save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}, str(ckpt_dir / HEAD_FILE))
     (ckpt_dir / META_FILE).write_text(json.dumps({"format": "lmforge-reward-v1", **meta}, indent=2))
     return ckpt_dir

@@ -23,7 +23,7 @@ from lmtrain.data.shards import TokenShards, write_token_shard
 from lmtrain.evaluate.derived import DerivedConfig, derived_tasks, eval_documents
 from lmtrain.evaluate.scoring import score_task
 from lmtrain.evaluate.tasks import LAST_WORD, MULTIPLE_CHOICE, TaskSpec, read_task, task_spec
-from lmtrain.models.bundle import load_bundle
+from lmtrain.models.init import load_pretrained
 from lmtrain.pretrain.evaluate import evaluate_loss
 from lmtrain.runtime import Runtime
 
@@ -41,7 +41,7 @@ class EvaluateConfig(RunConfig):
             ("gpt", "models/pretrain/gpt/checkpoint"), ("sft", "models/sft/checkpoint"),
             ("ppo", "models/ppo/checkpoint"), ("rloo", "models/rloo/checkpoint"),
             ("dpo", "models/dpo/checkpoint"))])  # {name, path}: a checkpoint
-    # folder carrying its tokenizer; a list, not a mapping, so a profile can replace it whole
+    # folder carrying its tokenizer or a HF GPT-2 folder; a list, not a mapping, so a profile can replace it whole
     eval_text: str = "data/evalset/corpus"  # the frozen evaluation set (derived tasks; bpb for other tokenizers)
     eval_tokens: str = "data/tokens/eval"  # its token shards: bits per byte where the tokenizer matches
     bpb: bool = True
@@ -85,7 +85,9 @@ def check_config(cfg: EvaluateConfig) -> list[TaskSpec]:
         if not isinstance(entry, dict) or set(entry) != {"name", "path"} or not all(
                 isinstance(v, str) and v for v in entry.values()):
             raise ConfigError(f"{where}: expected {{name, path}} (two non-empty strings), got {entry!r}")
-        for needed in ("model.json", "model.safetensors", "tokenizer/tokenizer.json"):
+        hf = (Path(entry["path"]) / "config.json").is_file() and not (Path(entry["path"]) / "model.json").is_file()
+        for needed in (("config.json", "model.safetensors", "vocab.json", "merges.txt") if hf else
+                       ("model.json", "model.safetensors", "tokenizer/tokenizer.json")):
             if not (Path(entry["path"]) / needed).is_file():
                 raise ConfigError(f"{where} ({entry['name']}): {entry['path']} is not a checkpoint folder (no {needed}); "
                                   "run the stage that trains it, or remove the entry")
@@ -130,7 +132,7 @@ def bits_per_byte(model, tok, cfg: EvaluateConfig, rt: Runtime) -> dict:
 
 def evaluate_model(checkpoint: str | Path, tasks: dict[str, dict], cfg: EvaluateConfig, rt: Runtime) -> dict:
     """One model on the suite: bpb, then {task: {acc, acc_norm, n, chance}}, and its CORE-style score."""
-    model, tok = load_bundle(checkpoint, rt.device)
+    model, tok = load_pretrained(checkpoint, rt.device)
     out: dict = {"params": sum(p.numel() for p in model.parameters())}
     if cfg.bpb:
         ev = bits_per_byte(model, tok, cfg, rt)

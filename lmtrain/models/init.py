@@ -30,8 +30,10 @@ from lmtrain.models.gpt import GPT, GPTConfig
 from lmtrain.models.hf import import_hf
 from lmtrain.models.registry import build_model, model_spec
 from lmtrain.tokenizer.adopt import NO_INIT, is_none, model_format, model_tokenizer
+from lmtrain.tokenizer.gpt2 import gpt2_tokenizer, is_gpt2_folder
 
-__all__ = ["NO_INIT", "check_shards", "check_vocab", "grow_vocab", "init_spec", "is_none", "load_init"]
+__all__ = ["NO_INIT", "check_shards", "check_vocab", "grow_vocab", "init_spec", "is_none", "load_init",
+           "load_pretrained"]
 
 
 def init_spec(init_from: str | Path, setting: str = "init_from") -> dict:
@@ -104,3 +106,18 @@ def load_init(init_from: str | Path, kind: str | None = None, dropout: float | N
         rebuilt.load_state_dict(model.state_dict())
         model = rebuilt
     return model.train(), tok
+
+
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu",
+                    setting: str = "path") -> tuple[nn.Module, object]:
+    """(model in eval mode on `device`, tokenizer) to score as it is: an lmforge checkpoint with its
+    tokenizer, or a HF GPT-2 folder with its own vocabulary (no chat markers appended: an extra row would
+    take probability from the real tokens)."""
+    folder = Path(path)
+    if model_format(folder, setting) == "lmforge":
+        return load_model(folder, device).eval(), model_tokenizer(folder, setting)
+    if not is_gpt2_folder(folder):
+        raise ConfigError(f"{setting}: {folder} has no vocab.json + merges.txt: the model's tokenizer is unknown")
+    model, tok = import_hf(folder)[0], gpt2_tokenizer(folder)
+    check_vocab(folder, tok, setting)
+    return model.to(device).eval(), tok
