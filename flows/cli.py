@@ -266,16 +266,28 @@ def add_sample_command(sub) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from lmtrain.models.bundle import load_bundle
-    from lmtrain.pretrain.evaluate import hellaswag_accuracy
+    """One checkpoint on one local task file, read and scored as the `evaluate` stage does (lmtrain.evaluate)."""
+    from lmtrain.config import ConfigError
+    from lmtrain.evaluate.scoring import score_task
+    from lmtrain.evaluate.tasks import read_task, task_spec
+    from lmtrain.models.init import load_pretrained
 
-    if not Path(args.hellaswag).is_file():
-        raise UsageError(f"--hellaswag {args.hellaswag}: no such file; give a local JSONL with one "
-                         '{"ctx", "endings", "label"} per line (HellaSwag\'s hellaswag_val.jsonl has this shape)')
-    checkpoint_spec(args.checkpoint, "evaluate")
-    model, tok = load_bundle(args.checkpoint)
-    model.eval()
-    result = {"checkpoint": args.checkpoint, "file": args.hellaswag, **hellaswag_accuracy(model, tok, args.hellaswag)}
+    path, fmt = (args.hellaswag, "hellaswag") if args.hellaswag else (args.task, args.format)
+    option = "--hellaswag" if args.hellaswag else "--task"
+    if not Path(path).is_file():
+        raise UsageError(f"{option} {path}: no such file; give a local JSONL in the {fmt} shape (README \"The "
+                         'evaluation suite"; HellaSwag\'s hellaswag_val.jsonl has one {"ctx", "endings", "label"} a line)')
+    folder = Path(args.checkpoint)
+    if not ((folder / "config.json").is_file() and not (folder / "model.json").exists()):  # a HF GPT-2 folder
+        checkpoint_spec(args.checkpoint, "evaluate")
+    try:
+        spec = task_spec({"name": Path(path).stem.replace(" ", "_") or "task", "format": fmt, "path": path}, option)
+        items = read_task(spec, args.max_items)
+        model, tok = load_pretrained(args.checkpoint, setting="--checkpoint")
+    except ConfigError as e:  # a bad row names file:line and field
+        raise UsageError(str(e)) from e
+    result = {"checkpoint": args.checkpoint, "file": path, "format": fmt,
+              **score_task(model, tok, items, spec.kind, args.batch_size)}
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -283,9 +295,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_command(sub) -> None:
-    p = sub.add_parser("evaluate", help="score a checkpoint on a local HellaSwag-shaped JSONL (ctx, endings, label)")
-    p.add_argument("--checkpoint", default="models/pretrain/gpt/checkpoint")
-    p.add_argument("--hellaswag", required=True, help="JSONL file: one {ctx, endings, label} per line")
+    from lmtrain.evaluate.tasks import FORMATS
+
+    p = sub.add_parser("evaluate", help="score a checkpoint on a local task file (HellaSwag, ARC, OpenBookQA, "
+                       "PIQA, LAMBADA or generic JSONL) as the evaluate stage does")
+    p.add_argument("--checkpoint", default="models/pretrain/gpt/checkpoint",
+                   help="an lmforge checkpoint folder or a HF GPT-2 folder")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--hellaswag", help="JSONL file: one {ctx, endings, label} per line (= --task FILE)")
+    which.add_argument("--task", help="JSONL file in the shape --format names")
+    p.add_argument("--format", default="hellaswag", choices=FORMATS, help="the --task file's shape (default hellaswag)")
+    p.add_argument("--max-items", type=int, default=0, help="score only the first N items (default: all)")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
     p.add_argument("--out", default=None, help="also write the result as JSON here")
     p.set_defaults(func=cmd_evaluate)
 

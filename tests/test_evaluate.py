@@ -1,4 +1,5 @@
-"""Evaluation: whole-split loss and bpb, windows covering each token once, multiple choice, HellaSwag JSONL."""
+"""Evaluation: whole-split loss and bpb, windows covering each token once, multiple choice, and `lmforge evaluate`
+on a local task file (read and scored by lmtrain.evaluate, as the evaluate stage does)."""
 
 import json
 import math
@@ -10,13 +11,7 @@ import torch
 from lmtrain.data.shards import TokenShards, write_shard
 from lmtrain.data.windows import eval_windows
 from lmtrain.models.registry import build_model
-from lmtrain.pretrain.evaluate import (
-    evaluate_loss,
-    hellaswag_accuracy,
-    multiple_choice_accuracy,
-    multiple_choice_items,
-    read_hellaswag,
-)
+from lmtrain.pretrain.evaluate import evaluate_loss, multiple_choice_accuracy, multiple_choice_items
 
 
 def make_split(folder, sizes=(300, 77), vocab=20, seed=0):
@@ -73,47 +68,44 @@ def test_model_that_knows_the_sequence_gets_full_accuracy(tmp_path):
     assert ev["eval_loss"] < 0.01 < evaluate_loss(uniform, shards)["eval_loss"]
 
 
-class CharTokenizer:
-    def encode(self, s):
-        return [ord(c) % 20 for c in s]
-
-
-def test_hellaswag_jsonl_is_read_and_scored(tmp_path):
-    path = tmp_path / "hs.jsonl"
-    rows = [{"ctx": "abc", "endings": ["def", "xyz", "aaa", "bbb"], "label": i % 4} for i in range(8)]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    model = build_model("gpt", {"block_size": 16, "n_layer": 1, "n_head": 1, "n_embd": 8}, vocab_size=20)
-    result = hellaswag_accuracy(model, CharTokenizer(), path)
-    assert result["n"] == 8
-    assert 0.0 <= result["acc"] <= 1.0 and 0.0 <= result["acc_norm"] <= 1.0
-    # the same ending wins every item, so exactly the items whose label points at it are right
-    assert result["acc"] == 0.25
-
-
-def test_hellaswag_reader_names_the_bad_line(tmp_path):
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"ctx": "a", "endings": ["b"], "label": 0}\n{"ctx": "a", "endings": ["b"]}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: field 'label'"):
-        read_hellaswag(path)
-
-
-def test_lmforge_evaluate_scores_a_checkpoint_on_a_hellaswag_file(tmp_path, capsys):
+def test_lmforge_evaluate_scores_a_crafted_hellaswag_file_as_the_stage_does(tmp_path, capsys):
+    """A model that scores the right endings higher gets 1.0, one that prefers the wrong ones 0.0; the same
+    numbers as lmtrain.evaluate's reader and scoring (one code path with the evaluate stage)."""
     from flows.cli import main
-    from lmtrain.models.bundle import attach_tokenizer
-    from lmtrain.models.checkpoint import save_checkpoint
-    from lmtrain.tokenizer import train_bpe
+    from lmtrain.evaluate.scoring import score_task
+    from lmtrain.evaluate.tasks import TaskSpec, read_task
+    from lmtrain.tokenizer import train_char
+    from tests.test_evaluate_suite import CRAFTED, alphabet, bigram_knowing, tiny_bundle, write_jsonl
 
-    tok = train_bpe(["the cat sat on the mat and the dog sat on the log"] * 4, vocab_size=280)
-    tok.save(tmp_path / "tok")
-    torch.manual_seed(0)
-    model = build_model("gpt", {"block_size": 64, "n_layer": 1, "n_head": 1, "n_embd": 8}, vocab_size=tok.vocab_size)
-    save_checkpoint(tmp_path / "ckpt", model)
-    attach_tokenizer(tmp_path / "ckpt", tmp_path / "tok")
-    path = tmp_path / "hs.jsonl"
-    path.write_text("\n".join(json.dumps({"ctx": "the cat", "endings": ["sat", "dog", "mat"], "label": i % 3})
-                              for i in range(6)) + "\n")
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "ckpt"), "--hellaswag", str(path),
-                 "--out", str(tmp_path / "r.json")]) == 0
-    result = json.loads((tmp_path / "r.json").read_text())
-    assert result["n"] == 6 and result["acc"] == pytest.approx(1 / 3)  # one ending wins every identical item
-    assert json.loads(capsys.readouterr().out)["acc_norm"] == result["acc_norm"]
+    tok = train_char([alphabet()])
+    path = write_jsonl(tmp_path / "hs.jsonl", CRAFTED["hellaswag"])
+    items = read_task(TaskSpec("hs", "hellaswag", str(path)))
+    right = [it["context"][-1] + it["choices"][it["label"]] for it in items]
+    wrong = [it["context"][-1] + it["choices"][(it["label"] + 1) % len(it["choices"])] for it in items]
+    for name, texts, acc in (("knows", right, 1.0), ("decoy", wrong, 0.0)):
+        tiny_bundle(tmp_path / name, tok, texts)
+        assert main(["evaluate", "--checkpoint", str(tmp_path / name), "--hellaswag", str(path),
+                     "--out", str(tmp_path / f"{name}.json")]) == 0
+        result = json.loads((tmp_path / f"{name}.json").read_text())
+        assert json.loads(capsys.readouterr().out) == result
+        assert result["acc"] == result["acc_norm"] == acc and result["n"] == 2 and result["format"] == "hellaswag"
+        expected = score_task(bigram_knowing(texts, tok), tok, items, "multiple_choice", 8)
+        assert {k: result[k] for k in expected} == expected
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "knows"), "--task", str(path), "--format", "hellaswag",
+                 "--max-items", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 1
+
+
+def test_lmforge_evaluate_names_the_bad_row_in_one_line(tmp_path, capsys):
+    from flows.cli import main
+    from lmtrain.tokenizer import train_char
+    from tests.test_evaluate_suite import alphabet, tiny_bundle
+
+    tiny_bundle(tmp_path / "ckpt", train_char([alphabet()]), ["abc"])
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"ctx": "a", "endings": ["b", "c"], "label": 0}\n{"ctx": "a", "endings": ["b", "c"]}\n')
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "ckpt"), "--hellaswag", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:2: field 'label' missing or not an integer" in err and len(err.strip().splitlines()) == 1
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "ckpt"), "--task", str(path), "--format", "piqa"]) == 2
+    assert f"{path}:1: field 'sol1'" in capsys.readouterr().err

@@ -7,9 +7,7 @@ measure (DESIGN.md). The multiple-choice task is built from the same split, dete
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -150,29 +148,3 @@ def multiple_choice_accuracy(model: nn.Module, items: list[dict], normalize: boo
         correct += int(np.argmax(values) == item["label"])
     model.train(was_training)
     return correct / len(items)
-
-
-def read_hellaswag(path: str | Path) -> list[dict]:
-    """HellaSwag-shaped JSONL: one {'ctx': str, 'endings': [str, ...], 'label': int} per line."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            for field, kind in (("ctx", str), ("endings", list), ("label", int)):
-                if not isinstance(row.get(field), kind):
-                    raise ValueError(f"{path}:{lineno}: field {field!r} missing or not {kind.__name__}")
-            if not 0 <= row["label"] < len(row["endings"]):
-                raise ValueError(f"{path}:{lineno}: field 'label' = {row['label']} outside 0..{len(row['endings']) - 1}")
-            rows.append(row)
-    return rows
-
-
-def hellaswag_accuracy(model: nn.Module, tokenizer, path: str | Path) -> dict:
-    """Accuracy by summed and by per-token log-likelihood of ' ' + ending (acc, acc_norm), like nanoGPT."""
-    items = [{"context": tokenizer.encode(r["ctx"]),
-              "choices": [tokenizer.encode(" " + e) for e in r["endings"]],
-              "label": r["label"]} for r in read_hellaswag(path)]
-    return {"acc": multiple_choice_accuracy(model, items), "acc_norm": multiple_choice_accuracy(model, items, True),
-            "n": len(items)}
