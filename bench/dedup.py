@@ -160,8 +160,6 @@ def rss_mb(field: str) -> float:
 
 def memory_child(shard_dir: str, mode: str) -> None:
     """Run one dedup over the shards in `shard_dir`; print working memory in MB as JSON."""
-    if mode.startswith("global"):
-        return global_child(Path(shard_dir), mode)
     from lmdata.dedup import sign_shard
     from lmdata.dedup_global import bucket_specs, find_duplicates_sharded, write_buckets
     from lmdata.stage import split_by_decisions
@@ -250,68 +248,277 @@ def synthetic_signatures(folder: Path, n_docs: int, n_shards: int = 8, seed: int
     return stems
 
 
-def global_child(folder: Path, mode: str) -> None:
-    """One global-phase task over the signature files in `folder`; print its working memory as JSON.
-    Modes: global-inmemory, global-bucket-<band_ranges>, global-candidates."""
-    from lmdata.dedup import candidate_pairs, decide, load_index
-    from lmdata.dedup_global import bucket_specs, find_duplicates_sharded, write_buckets
-    stems = sorted({p.with_name(p.name.split(".")[0]) for p in folder.glob("sig-*.keys.parquet")})
-    base = rss_mb("VmRSS")
-    if mode == "global-inmemory":
-        index = load_index(stems, DedupConfig())
-        decisions, _ = decide(index, candidate_pairs(index, DedupConfig()), DedupConfig())
-    elif mode.startswith("global-bucket-"):
-        config = DedupConfig(band_ranges=int(mode.rsplit("-", 1)[1]))
-        spec = max((s for s in bucket_specs(config) if s.first >= 0), key=lambda s: s.stop - s.first)
-        with tempfile.TemporaryDirectory() as tmp:
-            write_buckets(stems, spec, Path(tmp) / "buckets.parquet")
+def task_child(spec: dict) -> None:
+    """One task of the global phase, as the stage runs it, in this fresh process: print its working
+    memory (peak RSS - RSS after imports), peak RSS and CPU-seconds (getrusage) as JSON."""
+    import resource
+
+    from lmdata import dedup_global as g
+    from lmdata.dedup import candidate_pairs, decide, load_index, texts_needed, verify_pairs, with_snippets
+    config = DedupConfig.from_dict(spec["config"])
+    stems, kind, a = [Path(s) for s in spec["stems"]], spec["kind"], spec.get("args", {})
+    fields = ["text"]
+    if not spec.get("texts", True):  # synthetic signature files: no texts (verify is off), snippets empty
+        def fetch_texts(_needed: dict[str, list[str]]) -> pl.DataFrame:
+            return pl.DataFrame(schema={"id": pl.Utf8, "text": pl.Utf8})
     else:
-        decisions, _, _ = find_duplicates_sharded(stems, sorted(folder.glob("buckets-*.parquet")), ["text"],
-                                                  DedupConfig())
-    print(json.dumps({"work_mb": rss_mb("VmHWM") - base}))
+        fetch_texts = fetch_shard_texts
+    base = rss_mb("VmRSS")
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    result = None
+    if kind == "inmemory":
+        index = load_index(stems, config)
+        pairs = candidate_pairs(index, config)
+        if config.verify:
+            pairs = verify_pairs(pairs, fetch_texts(texts_needed(pairs)), fields, config)
+        decide(index, pairs, config)
+    elif kind == "before":  # the candidates task before this change (lmdata/dedup_global.py at BEFORE)
+        old = before_module()
+        decisions, stats, index = old.find_duplicates_sharded(stems, a["buckets"], fields, config, fetch_texts)
+        from lmdata.dedup import members_needed
+        with_snippets(stats, fetch_texts(members_needed(stats, index)), fields)
+    elif kind == "bucket":
+        spec_ = g.BucketSpec(*a["spec"])
+        g.write_buckets(stems, spec_, Path(a["out"]))
+        g.bucket_pairs(stems, Path(a["out"]), a["parts"], Path(a["out"]).with_suffix(""))
+    elif kind == "pairs":
+        result = g.partition_pairs(stems, a["files"], fields, config, Path(a["out"]), fetch_texts)
+    elif kind == "components":
+        g.connected_rows(a["files"], a["parts"], Path(a["prefix"]))
+    elif kind == "keep":
+        result = g.keep_partition(stems, Path(a["file"]), config, Path(a["out"]))
+        result["cluster_size_histogram"] = list(result["cluster_size_histogram"].items())  # int keys through JSON
+    elif kind == "decisions":
+        g.merge_decisions(a["files"], Path(a["out"]))
+        keeper = [{**k, "cluster_size_histogram": dict(k["cluster_size_histogram"])} for k in a["keeper_stats"]]
+        stats, needed = g.merge_stats(a["pair_stats"], keeper, int(g.shard_sizes(stems).sum()), config.top_clusters)
+        with_snippets(stats, fetch_texts(needed), fields)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"work_mb": rss_mb("VmHWM") - base, "peak_mb": rss_mb("VmHWM"),
+                      "cpu_s": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, "result": result}))
 
 
-def global_task_memory(n_docs: int) -> tuple[list[dict], dict]:
+BEFORE = "e13b0d5"  # the last commit whose candidates phase was one task holding every candidate
+
+
+def before_module():
+    """lmdata/dedup_global.py as of BEFORE, loaded from git (the baseline of the candidates rows)."""
+    import importlib.util
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{BEFORE}:lmdata/dedup_global.py"], capture_output=True,
+                         text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "dedup_global_before.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("dedup_global_before", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def fetch_shard_texts(needed: dict[str, list[str]]) -> pl.DataFrame:
+    """The candidates' texts from their Parquet shards (the `shard` a signature file names), as the flow's
+    `fetch_rows` reads them."""
+    frames = [pl.read_parquet(shard, columns=["id", "text"]).filter(pl.col("id").is_in(ids))
+              for shard, ids in needed.items()]
+    return pl.concat(frames) if frames else pl.DataFrame(schema={"id": pl.Utf8, "text": pl.Utf8})
+
+
+def run_task(spec: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--task-child", json.dumps(spec)], capture_output=True, text=True,
+                         env={**os.environ, "POLARS_MAX_THREADS": "1"})
+    if out.returncode:
+        raise RuntimeError(f"task {spec['kind']} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def global_phase(stems: list[Path], config: DedupConfig, work: Path, texts: bool = True) -> list[dict]:
+    """Every task of the stage's global phase (as flows.dedup submits them), each in a fresh process,
+    in the flow's order; [{task, kind, work_mb, peak_mb, cpu_s}]. The small stats that tasks pass on
+    are passed on as the runner passes them."""
+    from lmdata import dedup_global as g
+    work.mkdir(parents=True, exist_ok=True)
+    common = {"stems": [str(s) for s in stems], "config": config.to_dict(), "texts": texts}
+    parts = g.cluster_partitions(config)
+    done = []
+
+    def task(kind: str, name: str, **args) -> dict:
+        done.append({"task": name, "kind": kind, **run_task({**common, "kind": kind, "args": args})})
+        return done[-1].pop("result")
+    for spec in g.bucket_specs(config):
+        task("bucket", f"buckets-{spec.name}", spec=[spec.first, spec.stop, spec.part, spec.parts],
+             out=str(work / f"buckets-{spec.name}.parquet"), parts=parts)
+    pair_files = [str(work / f"pairs{q}.parquet") for q in range(parts)]
+    pair_stats = [task("pairs", f"pairs-{q}", files=sorted(str(f) for f in work.glob(f"buckets-*-pairs{q}.parquet")),
+                       out=out) for q, out in enumerate(pair_files)]
+    task("components", "components", files=pair_files, parts=parts, prefix=str(work / "c"))
+    keeper_stats = [task("keep", f"keep-{q}", file=str(work / f"c-clusters{q}.parquet"),
+                         out=str(work / f"decisions{q}.parquet")) for q in range(parts)]
+    task("decisions", "decisions", files=[str(work / f"decisions{q}.parquet") for q in range(parts)],
+         out=str(work / "decisions.parquet"), pair_stats=pair_stats, keeper_stats=keeper_stats)
+    return done
+
+
+def largest_by_kind(tasks: list[dict]) -> dict:
+    """Per kind of task: the largest working memory, the peak RSS and CPU-seconds of that task, and the kind's CPU-s."""
+    out = {}
+    for t in tasks:
+        k = out.setdefault(t["kind"], {"tasks": 0, "largest_work_mb": -1.0, "cpu_s": 0.0})
+        k["tasks"] += 1
+        k["cpu_s"] = round(k["cpu_s"] + t["cpu_s"], 2)
+        if t["work_mb"] > k["largest_work_mb"]:
+            k.update(largest_work_mb=round(t["work_mb"], 1), largest_peak_mb=round(t["peak_mb"], 1),
+                     largest_task=t["task"])
+    return out
+
+
+def largest(tasks: list[dict], kinds: tuple[str, ...] | None = None) -> dict:
+    return max((t for t in tasks if kinds is None or t["kind"] in kinds), key=lambda t: t["work_mb"])
+
+
+def mem_row(measure: str, ours: float, baseline: str, baseline_value: float) -> dict:
+    return {"measure": measure, "ours": round(ours, 1), "baseline": baseline,
+            "baseline_value": round(baseline_value, 1), "unit": "MB working memory (lower is better)",
+            "ratio": round(baseline_value / ours, 3)}
+
+
+def global_task_memory(n_docs: int, work: Path) -> tuple[list[dict], dict]:
+    """Synthetic signature files: the largest task as the bands are split (band_ranges 1, 2, 7, 14;
+    one hash partition, so cluster_partitions = band_ranges), against the in-memory phase."""
     from lmdata.dedup_global import bucket_specs, write_buckets
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        stems = synthetic_signatures(folder, n_docs)
-        for spec in bucket_specs(DedupConfig(band_ranges=14)):
-            write_buckets(stems, spec, folder / f"buckets-{spec.name}.parquet")
-        work = {mode: working_memory(folder, mode) for mode in
-                ("global-inmemory", "global-candidates", *(f"global-bucket-{r}" for r in (1, 2, 7, 14)))}
-    largest = max(work["global-candidates"], work["global-bucket-14"])
-    detail = {"documents": n_docs, **{k.removeprefix("global-") + "_mb": round(v, 1) for k, v in work.items()}}
-    print(f"global phase working memory (MB): {detail}")
+    folder = work / f"synthetic-{n_docs}"
+    folder.mkdir(parents=True, exist_ok=True)
+    stems = synthetic_signatures(folder, n_docs)
+    config = DedupConfig(verify=False)
+    inmemory = run_task({"stems": [str(s) for s in stems], "config": config.to_dict(), "kind": "inmemory",
+                         "texts": False})
+    specs = bucket_specs(DedupConfig(band_ranges=14))
+    for spec in specs:
+        write_buckets(stems, spec, folder / f"before-{spec.name}.parquet")
+    before = run_task({"stems": [str(s) for s in stems], "config": config.to_dict(), "kind": "before", "texts": False,
+                       "args": {"buckets": [str(folder / f"before-{s.name}.parquet") for s in specs]}})
+    by_ranges = {r: global_phase(stems, DedupConfig(verify=False, band_ranges=r), folder / f"r{r}", texts=False)
+                 for r in (1, 2, 7, 14)}
+    detail = {"documents": n_docs, "inmemory_mb": round(inmemory["work_mb"], 1),
+              "before_candidates_task_mb": round(before["work_mb"], 1),
+              "by_band_ranges": {r: {"largest_task": largest(t)["task"], "largest_work_mb": round(largest(t)["work_mb"], 1),
+                                     "cpu_s": round(sum(x["cpu_s"] for x in t), 2), "by_kind": largest_by_kind(t)}
+                                 for r, t in by_ranges.items()}}
+    print(f"global phase, {n_docs} synthetic documents: " + json.dumps(detail, indent=1), flush=True)
+    at = {r: largest(t)["work_mb"] for r, t in by_ranges.items()}
+    cand = {r: largest(t, ("pairs", "components", "keep", "decisions"))["work_mb"] for r, t in by_ranges.items()}
+    bucket = {r: largest(t, ("bucket",))["work_mb"] for r, t in by_ranges.items()}
+    return [mem_row("dedup_global_largest_task_memory", at[14], "in-memory global phase (load_index + "
+                    "candidate_pairs + decide) on the same signature files", inmemory["work_mb"]),
+            mem_row("dedup_band_task_memory_split", bucket[14], "the bucket task holding all 14 bands "
+                    "(band_ranges 1)", bucket[1]),
+            mem_row("dedup_global_largest_task_memory_split", at[14], "the largest task of the same phase with "
+                    "band_ranges 1", at[1]),
+            mem_row("dedup_candidates_task_memory", cand[14], f"the candidates task before the split "
+                    f"({BEFORE}: one task, every candidate's id, pairs, clusters)", before["work_mb"])], detail
 
-    def row(measure: str, ours: float, baseline: str, baseline_value: float) -> dict:
-        return {"measure": measure, "ours": round(ours, 1), "baseline": baseline,
-                "baseline_value": round(baseline_value, 1), "unit": "MB working memory (lower is better)",
-                "ratio": round(baseline_value / ours, 3)}
-    return [row("dedup_global_largest_task_memory", largest, "in-memory global phase (load_index + "
-                "candidate_pairs + decide) on the same signature files", work["global-inmemory"]),
-            row("dedup_band_task_memory_split", work["global-bucket-14"], "the bucket task holding all 14 bands "
-                "(band_ranges 1)", work["global-bucket-1"])], detail
+
+def sign_corpus(jsonl_dir: Path, out: Path, config: DedupConfig) -> list[Path]:
+    """Parquet shards (id, text, split, one per JSONL file; a leading BOM stripped as ingest does) and
+    their signature files, made once and reused."""
+    from lmdata.dedup import sign_shard
+    out.mkdir(parents=True, exist_ok=True)
+    stems = []
+    for k, f in enumerate(sorted(jsonl_dir.glob("shard-*.jsonl"))):
+        stem, shard = out / f"sig-{k:03d}", out / f"docs-{k:03d}.parquet"
+        if not (out / f"sig-{k:03d}.bands.parquet").exists():
+            df = pl.read_ndjson(f).select("id", pl.col("text").str.strip_chars_start("\ufeff"),
+                                          split=pl.lit("train"))
+            df.write_parquet(shard)
+            sign_shard(df, ["text"], config, stem, shard=str(shard))
+            del df
+        stems.append(stem)
+    return stems
+
+
+def corpus_task_memory(sizes_mb: list[float], work: Path) -> tuple[list[dict], dict]:
+    """The generated corpus (bench/scale_lib/corpus.py) at each size, params.yaml's dedup settings: every
+    task of the global phase, and the candidates task before this change, with its working memory."""
+    import yaml
+
+    from bench.scale import raw_sample
+    from bench.scale_lib.corpus import write_corpus
+    from lmdata.dedup_global import bucket_specs, write_buckets
+    config = DedupConfig.from_dict(yaml.safe_load((ROOT / "params.yaml").read_text())["dedup"])
+    detail = {"config": {"band_ranges": config.band_ranges, "hash_partitions": config.hash_partitions,
+                         "verify": config.verify}}
+    for mb in sizes_mb:
+        corpus = work / f"corpus-{mb:g}mb"
+        if not (corpus / "planted.json").exists():
+            made = write_corpus(raw_sample(), corpus, mb)
+            (corpus / "planted.json").write_text(json.dumps(made))
+        t = time.process_time()
+        stems = sign_corpus(corpus, work / f"signed-{mb:g}mb", config)
+        print(f"corpus {mb:g} MB signed ({time.process_time() - t:.0f} CPU-s)", flush=True)
+        tasks = global_phase(stems, config, work / f"phase-{mb:g}mb")
+        specs = bucket_specs(config)
+        for spec in specs:
+            write_buckets(stems, spec, work / f"phase-{mb:g}mb" / f"before-{spec.name}.parquet")
+        before = run_task({"stems": [str(s) for s in stems], "config": config.to_dict(), "kind": "before", "args": {
+            "buckets": [str(work / f"phase-{mb:g}mb" / f"before-{s.name}.parquet") for s in specs]}})
+        docs = sum(pl.scan_parquet(f"{s}.keys.parquet").select(pl.len()).collect().item() for s in stems)
+        cand = largest(tasks, ("pairs", "components", "keep", "decisions"))
+        detail[f"{mb:g}"] = {"documents": docs, "corpus_mb": round(json.loads((corpus / "planted.json").read_text())
+                                                                    ["bytes"] / 1e6, 1),
+                             "largest_task": largest(tasks)["task"], "largest_work_mb": round(largest(tasks)["work_mb"], 1),
+                             "candidates_largest_task": cand["task"], "candidates_largest_work_mb": round(cand["work_mb"], 1),
+                             "before_candidates_task_mb": round(before["work_mb"], 1),
+                             "before_candidates_task_cpu_s": round(before["cpu_s"], 2),
+                             "cpu_s": round(sum(x["cpu_s"] for x in tasks), 2), "by_kind": largest_by_kind(tasks)}
+        print(f"corpus {mb:g} MB: " + json.dumps(detail[f"{mb:g}"], indent=1), flush=True)
+    small, big = (detail[f"{mb:g}"] for mb in (min(sizes_mb), max(sizes_mb)))
+    scale = max(sizes_mb) / min(sizes_mb)
+
+    def growth_row(measure: str, key: str, baseline: str, base_key: str) -> dict:
+        ours, theirs = big[key] / small[key], big[base_key] / small[base_key]
+        return {"measure": measure, "ours": round(ours, 2), "baseline": baseline, "baseline_value": round(theirs, 2),
+                "unit": f"working memory growth for {scale:g}x the corpus (lower is better)",
+                "ratio": round(theirs / ours, 3)}
+    rows = [growth_row("dedup_candidates_memory_growth", "candidates_largest_work_mb",
+                       f"the candidates task before the split ({BEFORE})", "before_candidates_task_mb"),
+            mem_row(f"dedup_candidates_task_memory_{max(sizes_mb):g}mb", big["candidates_largest_work_mb"],
+                    f"the candidates task before the split ({BEFORE}), same corpus",
+                    big["before_candidates_task_mb"])]
+    return rows, detail
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer documents and a 10 MB memory test")
     ap.add_argument("--data", help="a folder of .txt files to use instead of the sample")
+    ap.add_argument("--work", type=Path, default=Path("/work/scratch/dedupmem"),
+                    help="scratch folder (generated corpora, signature files, the tasks' files); kept for reuse")
+    ap.add_argument("--corpus-mb", default="100,1000",
+                    help="generated corpus sizes for the candidates phase's growth (bench/scale_lib/corpus.py); '' skips")
     ap.add_argument("--global-only", action="store_true",
                     help="only the global-phase memory rows, merged into an existing bench/results/dedup.json")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
+    ap.add_argument("--task-child", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="ours", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
         return memory_child(args.memory_child, args.mode)
+    if args.task_child:
+        return task_child(json.loads(args.task_child))
     path = ROOT / "bench" / "results" / "dedup.json"
-    global_rows, global_detail = global_task_memory(100_000 if args.quick else 500_000)
+    global_rows, global_detail = global_task_memory(100_000 if args.quick else 500_000, args.work)
+    sizes = [float(x) for x in ("10,50" if args.quick and args.corpus_mb == "100,1000" else args.corpus_mb).split(",")
+             if x.strip()]
+    scaling_rows, scaling_detail = corpus_task_memory(sizes, args.work) if len(sizes) >= 2 else ([], {})
+    global_rows += scaling_rows
     if args.global_only:
         out = json.loads(path.read_text()) if path.exists() else {"benchmark": "dedup", "rows": []}
         names = {r["measure"] for r in global_rows}
         out["rows"] = [r for r in out["rows"] if r["measure"] not in names] + global_rows
         out["global_phase"] = global_detail
+        out["candidates_scaling"] = scaling_detail
+        for r in global_rows:
+            print(f"{r['measure']:55s} ours {r['ours']:>12,.2f}  baseline {r['baseline_value']:>12,.2f}  "
+                  f"ratio {r['ratio']:.2f}")
         path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps(out, indent=2) + "\n")
         return
@@ -373,7 +580,7 @@ def main() -> None:
         *global_rows,
     ]
     out = {"benchmark": "dedup", "quick": args.quick, "documents": n_docs, "mean_doc_kb": round(kb, 2),
-           "memory": mem_detail, "global_phase": global_detail, "rows": rows}
+           "memory": mem_detail, "global_phase": global_detail, "candidates_scaling": scaling_detail, "rows": rows}
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     for r in rows:
