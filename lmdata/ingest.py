@@ -10,16 +10,21 @@ line number, so inserting or reordering records moves no other record across the
 from __future__ import annotations
 
 import json
+import os
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import xxhash
 
 from lmdata.readers import READERS, REQUIRED, BadRecord, ConfigError, RawRecord, Record, check_source
-from lmdata.schema import DATASETS, FIELD_COLUMNS
+from lmdata.schema import DATASETS, FIELD_COLUMNS, SchemaViolation
 from lmdata.shards import REJECTED_DIR, ShardWriter
 from lmdata.text import document_id, normalise_text, normalise_texts, record_text
 
@@ -27,7 +32,16 @@ ROLES = ("system", "user", "assistant")
 BATCH_RECORDS = 2048          # records normalised together (one regex scan and NFC check per batch)
 BATCH_CHARS = 16_000_000      # ... or fewer, so a batch of large documents stays small
 # json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str), without building an encoder per row
+# (JSONEncoder.encode builds its C encoder on every call: `_meta_json` keeps one)
 _META_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
+if json.encoder.c_make_encoder is not None:
+    _C_META = json.encoder.c_make_encoder(None, _META_JSON.default, json.encoder.encode_basestring, None,
+                                          _META_JSON.key_separator, _META_JSON.item_separator, True, False, True)
+
+    def _meta_json(meta: dict) -> str:
+        return "".join(_C_META(meta, 0))
+else:  # pragma: no cover - CPython without the json C accelerator
+    _meta_json = _META_JSON.encode
 
 
 @dataclass
@@ -96,7 +110,7 @@ def _clean_str(value: Any, name: str, normalised: str | None = None) -> str:
     if not isinstance(value, str):
         raise BadField("wrong_type", f"field {name!r} is {type(value).__name__}, expected a string")
     text = normalise_text(value) if normalised is None else normalised
-    if not text.strip():
+    if not text or text.isspace():  # == not text.strip(), without copying the text
         raise BadField("empty", f"field {name!r} is empty")
     return text
 
@@ -130,9 +144,10 @@ def clean_fields(dataset: str, fields: dict[str, Any], normalised: str | None = 
 
 
 def to_row(rec: RawRecord, dataset: str, cfg: IngestConfig, fraction: float,
-           forced: frozenset[str], markup: str | None = None, normalised: str | None = None) -> tuple[dict, int]:
-    """Turn a raw record into a row of `dataset`; raise BadField if it must be rejected.
-    `markup` (the source spec's) is recorded in `meta.markup` for the clean stage."""
+           forced: frozenset[str], markup: str | None = None, normalised: str | None = None) -> tuple[tuple, int]:
+    """Turn a raw record into a row of `dataset`: a tuple in the order of `columns_for(dataset)`,
+    with the text as its UTF-8 bytes (what `BuiltRowWriter` takes); raise BadField if it must be
+    rejected. `markup` (the source spec's) is recorded in `meta.markup` for the clean stage."""
     fields = clean_fields(dataset, rec.fields, normalised)
     text = record_text(dataset, fields)
     n_bytes = len(data := text.encode("utf-8"))
@@ -145,18 +160,66 @@ def to_row(rec: RawRecord, dataset: str, cfg: IngestConfig, fraction: float,
         meta["repaired_bytes"] = rec.repaired_bytes
     if markup:
         meta["markup"] = markup
-    row = {
-        "id": _document_id(rec.source, rec.locator, data),
-        "content_hash": chash,
-        "source": rec.source, "locator": rec.locator, "group": group,
-        "split": "eval" if is_eval(group, fraction, cfg.eval_salt, forced) else "train",
-        "text": text, "n_bytes": n_bytes,
-        "meta": _META_JSON.encode(meta),
-    }
-    for col in FIELD_COLUMNS[dataset]:
-        value = fields[col]
-        row[col] = json.dumps(value, ensure_ascii=False) if col == "messages" else value
+    row = (_document_id(rec.source, rec.locator, data), chash, rec.source, rec.locator, group,
+           "eval" if is_eval(group, fraction, cfg.eval_salt, forced) else "train",
+           data, n_bytes, _meta_json(meta))
+    if FIELD_COLUMNS[dataset]:
+        row += tuple(json.dumps(fields[c], ensure_ascii=False) if c == "messages" else fields[c]
+                     for c in FIELD_COLUMNS[dataset])
     return row, n_bytes
+
+
+class BuiltRowWriter(ShardWriter):
+    """`ShardWriter` for the rows `to_row` builds (tuples in column order, the text as UTF-8 bytes).
+
+    A row group becomes an Arrow table column by column — the text column straight from the joined
+    bytes and their offsets, never decoded or re-encoded — and is written without pandera, because
+    its checks hold by construction: `id` and `content_hash` are xxh3 hex digests (32 characters),
+    `split` is train or eval, `text` is a non-blank string (`clean_fields`), so `n_bytes` ≥ 1, `source`
+    a checked non-empty name, `group` and `meta` strings. Only `id`'s uniqueness depends on the data;
+    it is checked here per row group, as pandera did. (Rejected rows, whose content is whatever the
+    input held, keep the pandera check: `ShardWriter(..., rejected=True)`.) Dictionary encoding and
+    statistics are kept for the short columns only: on unique texts, ids and hashes they cost CPU
+    and bytes and serve no reader."""
+
+    _UNIQUE = frozenset({"id", "content_hash", "locator", "text", "meta", *(c for cols in FIELD_COLUMNS.values()
+                                                                          for c in cols)})
+
+    def _write_row_group(self) -> None:
+        path = self.folder / f"{self.prefix}-{len(self.paths):05d}.parquet"
+        columns = list(zip(*self.rows, strict=True)) if self.rows else [()] * len(self.schema)
+        ids = columns[0]
+        if len(set(ids)) != len(ids):
+            first = next(i for i, seen in enumerate(_seen_before(ids)) if seen)
+            raise SchemaViolation(f"{path}: schema {self.dataset} violated:\n  column 'id', row {first}: "
+                                  f"value {ids[first]!r} fails field_uniqueness")
+        table = pa.Table.from_arrays([_utf8_column(values) if name == "text" else
+                                      pa.array(values, pa.int64() if name == "n_bytes" else pa.large_string())
+                                      for name, values in zip(self.schema, columns, strict=True)],
+                                     names=list(self.schema))
+        if self._writer is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            short = [c for c in self.schema if c not in self._UNIQUE]
+            self._writer = pq.ParquetWriter(self._tmp, table.schema, compression="zstd", compression_level=3,
+                                            use_dictionary=short, write_statistics=short)
+        self._wait()
+        self._pending = self._pool.submit(self._writer.write_table, table)
+        self.shard_bytes += self.buffered
+        self.rows, self.buffered = [], 0
+
+
+def _seen_before(values: tuple) -> Iterator[bool]:
+    seen: set = set()
+    for v in values:
+        yield v in seen
+        seen.add(v)
+
+
+def _utf8_column(blobs: tuple[bytes, ...]):
+    """A large_string Arrow array over UTF-8 byte strings (valid by construction: encoded from str)."""
+    offsets = array("q", accumulate(map(len, blobs), initial=0))
+    return pa.LargeStringArray.from_buffers(len(blobs), pa.py_buffer(offsets), pa.py_buffer(b"".join(blobs)))
 
 
 def _document_id(source: str, locator: str, data: bytes) -> str:
@@ -215,7 +278,7 @@ def ingest_source(spec: dict, dataset: str, cfg: IngestConfig, out_dir: Path) ->
     """Read one source and write its kept and rejected shards under `out_dir`; return stats."""
     max_bytes = max(1, int(cfg.shard_max_mb * 1_000_000))
     prefix = spec["source"]
-    kept = ShardWriter(out_dir, prefix, dataset, max_bytes)
+    kept = BuiltRowWriter(out_dir, prefix, dataset, max_bytes)
     rejected = ShardWriter(out_dir / REJECTED_DIR, prefix, dataset, max_bytes, rejected=True)
     fraction = spec.get("eval_fraction", cfg.eval_fraction)
     forced = frozenset(cfg.eval_groups)
@@ -247,8 +310,8 @@ def ingest_source(spec: dict, dataset: str, cfg: IngestConfig, out_dir: Path) ->
             continue
         kept.add(row, nbytes)
         kept_bytes += nbytes
-        splits[row["split"]] += 1
-        kept_by_source[row["source"]] += 1
+        splits[row[5]] += 1
+        kept_by_source[row[2]] += 1
     kept.close()
     rejected.close()
     rows_kept = sum(splits.values())

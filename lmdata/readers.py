@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import polars as pl
 import zstandard
 
@@ -125,29 +126,45 @@ def record_of(obj: dict, spec: dict, dataset: str, locator: str, meta: dict,
               repaired_bytes: int = 0) -> Record:
     """A parsed JSONL line or Parquet row → a RawRecord: fields renamed, `source`/`group` taken
     from the record where mapped, `title`/`url`/`lang` and all other fields kept in `meta`."""
+    return record_maker(spec, dataset)(obj, locator, meta, repaired_bytes)
+
+
+def record_maker(spec: dict, dataset: str) -> Callable[[dict, str, dict, int], Record]:
+    """`record_of` for one source spec, with what depends only on the spec worked out once."""
     mapping = spec.get("fields", {})
-    obj = standard_fields(rename_fields(obj, mapping), dataset)
-    source = spec["source"]
-    if "source" in mapping and obj.get("source") is not None:
-        source = obj["source"]
-        if not isinstance(source, str) or not source.strip():
-            return BadRecord(spec["source"], locator, "wrong_type",
-                             f"{locator}: field 'source' ({mapping['source']!r}) must be a non-empty string, "
-                             f"got {source!r}", json.dumps(obj, ensure_ascii=False, default=str))
-        source = source.strip()
+    name = spec["source"]
     group_field = "group" if "group" in mapping else spec.get("group_field")
-    group = obj.get(group_field) if group_field else None
-    if group is None and obj.get(spec.get("id_field", "id")) is not None:
-        group = f"{spec['source']}:{obj[spec.get('id_field', 'id')]}"
-    meta = dict(meta)
-    for name in ("title", "url", "lang"):
-        if name in mapping and obj.get(name) is not None:
-            meta[name] = obj[name]
-    consumed = {*TEXT_FIELDS[dataset], *mapping, *mapping.values(), group_field}
-    if obj.keys() - consumed:
-        meta["fields"] = {k: v for k, v in obj.items() if k not in consumed}
-    return RawRecord(source, locator, obj, group=str(group) if group is not None else None, meta=meta,
-                     repaired_bytes=repaired_bytes)
+    id_field = spec.get("id_field", "id")
+    consumed = frozenset({*TEXT_FIELDS[dataset], *mapping, *mapping.values(), group_field})
+    promoted = [n for n in ("title", "url", "lang") if n in mapping]
+    instructions = dataset == "instructions"
+
+    def make(obj: dict, locator: str, meta: dict, repaired_bytes: int = 0) -> Record:
+        if mapping:
+            obj = rename_fields(obj, mapping)
+        if instructions:
+            obj = standard_fields(obj, dataset)
+        source = name
+        if "source" in mapping and obj.get("source") is not None:
+            source = obj["source"]
+            if not isinstance(source, str) or not source.strip():
+                return BadRecord(name, locator, "wrong_type",
+                                 f"{locator}: field 'source' ({mapping['source']!r}) must be a non-empty string, "
+                                 f"got {source!r}", json.dumps(obj, ensure_ascii=False, default=str))
+            source = source.strip()
+        group = obj.get(group_field) if group_field else None
+        if group is None and obj.get(id_field) is not None:
+            group = f"{name}:{obj[id_field]}"
+        meta = dict(meta)
+        for key in promoted:
+            if obj.get(key) is not None:
+                meta[key] = obj[key]
+        if not consumed.issuperset(obj):
+            meta["fields"] = {k: v for k, v in obj.items() if k not in consumed}
+        return RawRecord(source, locator, obj, group=str(group) if group is not None else None, meta=meta,
+                         repaired_bytes=repaired_bytes)
+
+    return make
 
 
 def read_text_folder(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
@@ -165,40 +182,99 @@ def read_text_folder(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Re
                         repaired_bytes=dec.repaired_bytes)
 
 
+def _has_float(value: Any) -> bool:
+    """Whether a parsed JSON value holds a float anywhere (orjson reads integers beyond 64 bits as
+    floats, where `json` keeps them exact: such records are parsed again with `json`)."""
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, list):
+        return isinstance(value, float)
+    for v in value:
+        if not isinstance(v, str) and _has_float(v):  # texts, the bulk of a record, skipped at once
+            return True
+    return False
+
+
 def read_jsonl(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
-    """One record per line of .jsonl / .jsonl.gz / .jsonl.zst files."""
+    """One record per line of .jsonl / .jsonl.gz / .jsonl.zst files.
+
+    Lines are parsed with orjson straight from 4 MB blocks (no copy of the line); a line orjson
+    refuses (invalid UTF-8, lone surrogate escapes, NaN, blank, malformed) or that holds a float
+    goes the reference way — decoded, repaired where allowed, `json.loads` — so every record and
+    every rejection is the one `json` gives."""
     root = Path(spec["path"])
+    make = record_maker(spec, dataset)
     for path in expand_paths(spec, "**/*.jsonl*"):
         rel = str(path.relative_to(root)) if root.is_dir() else path.name
+        lineno = 0
         with open_text_stream(path) as f:
-            for lineno, line in enumerate((line for block in iter(lambda: f.readlines(1 << 22), [])
-                                           for line in block), start=1):
-                loc = f"{rel}:{lineno}"
-                line = line.rstrip(b"\r\n")
-                if not line or line.isspace():
-                    continue
-                repaired = 0
-                try:
-                    text = line.decode("utf-8")
-                except UnicodeDecodeError:
+            for block, start, stop in _line_blocks(f):
+                view = memoryview(block)
+                end = block.find(b"\n", start, stop)
+                while start < stop:
+                    end = stop if end < 0 else end
+                    lineno += 1
                     try:
-                        dec = decode_utf8(line, invalid_utf8)
-                        text, repaired = dec.text, dec.repaired_bytes
-                    except InvalidUTF8 as e:
-                        yield BadRecord(spec["source"], loc, "invalid_utf8", f"{loc}: {e}",
-                                        line.decode("utf-8", errors="replace"))
-                        continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as e:
-                    yield BadRecord(spec["source"], loc, "malformed_json",
-                                    f"{loc}: {e.msg} at column {e.colno}", text)
-                    continue
-                if not isinstance(obj, dict):
-                    yield BadRecord(spec["source"], loc, "malformed_json",
-                                    f"{loc}: expected a JSON object, got {type(obj).__name__}", text)
-                    continue
-                yield record_of(obj, spec, dataset, loc, {"file": rel, "line": lineno}, repaired)
+                        obj = orjson.loads(view[start:end])
+                        exact = type(obj) is dict and not _has_float(obj)
+                    except (orjson.JSONDecodeError, RecursionError):
+                        exact = False
+                    if exact:
+                        yield make(obj, f"{rel}:{lineno}", {"file": rel, "line": lineno})
+                    else:
+                        rec = _jsonl_record(block[start:end], rel, lineno, spec, invalid_utf8, make)
+                        if rec is not None:
+                            yield rec
+                    start, end = end + 1, block.find(b"\n", end + 1, stop)
+
+
+def _line_blocks(f: io.BufferedReader, size: int = 1 << 22) -> Iterator[tuple[bytes, int, int]]:
+    """The file as (block, start, stop): whole lines lie in `block[start:stop]`, blocks of about
+    `size` bytes read as they are (no copy); a line cut by a block's end comes as its own block."""
+    rest: list[bytes] = []  # the start of a line that a block cut
+    while chunk := f.read(size):
+        first = chunk.find(b"\n")
+        if first < 0:  # a line longer than a block
+            rest.append(chunk)
+            continue
+        start = 0
+        if rest:
+            line = b"".join([*rest, chunk[:first + 1]])
+            yield line, 0, len(line)
+            start = first + 1
+        stop = chunk.rfind(b"\n") + 1
+        if stop > start:
+            yield chunk, start, stop
+        rest = [chunk[stop:]] if stop < len(chunk) else []
+    if rest:
+        line = b"".join(rest)
+        yield line, 0, len(line)
+
+
+def _jsonl_record(line: bytes, rel: str, lineno: int, spec: dict, invalid_utf8: str,
+                  make: Callable[[dict, str, dict, int], Record]) -> Record | None:
+    """The reference path for one JSONL line (None for a blank line)."""
+    loc = f"{rel}:{lineno}"
+    line = line.rstrip(b"\r\n")
+    if not line or line.isspace():
+        return None
+    repaired = 0
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        try:
+            dec = decode_utf8(line, invalid_utf8)
+            text, repaired = dec.text, dec.repaired_bytes
+        except InvalidUTF8 as e:
+            return BadRecord(spec["source"], loc, "invalid_utf8", f"{loc}: {e}", line.decode("utf-8", errors="replace"))
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return BadRecord(spec["source"], loc, "malformed_json", f"{loc}: {e.msg} at column {e.colno}", text)
+    if not isinstance(obj, dict):
+        return BadRecord(spec["source"], loc, "malformed_json",
+                         f"{loc}: expected a JSON object, got {type(obj).__name__}", text)
+    return make(obj, loc, {"file": rel, "line": lineno}, repaired)
 
 
 def read_parquet(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
@@ -206,13 +282,14 @@ def read_parquet(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record
     import pyarrow.parquet as pq
 
     root = Path(spec["path"])
+    make = record_maker(spec, dataset)
     for path in expand_paths(spec, "**/*.parquet"):
         rel = str(path.relative_to(root)) if root.is_dir() else path.name
         row = 0
         for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
             for obj in batch.to_pylist():
                 row += 1  # Arrow strings are valid UTF-8: nothing to repair
-                yield record_of(obj, spec, dataset, f"{rel}#{row}", {"file": rel, "row": row})
+                yield make(obj, f"{rel}#{row}", {"file": rel, "row": row})
 
 
 def check_parquet_columns(spec: dict, dataset: str) -> None:
