@@ -1,17 +1,39 @@
-"""The Prefect half of the training stages: metrics split into DVC-tracked figures and uncached
+"""The Prefect half of the training stages: each section's config checked before any work, the
+`python -m flows.<module> STAGE` entry point, metrics split into DVC-tracked figures and uncached
 timings, a throttled progress artifact fed by lmtrain's `on_progress`, and curves as PNG artifacts."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from flows._stage import metrics_path, timings_path
+from flows._stage import load_params, metrics_path, timings_path
 from lmdata.atomic import write_json
+from lmdata.errors import ConfigError
+from lmtrain.config import ConfigError as TrainConfigError
+from lmtrain.config import build_config
 from lmtrain.progress import split_timings, throttled
+
+
+def config(cls, params: dict, section: str):
+    """A config dataclass from `params[section]`, type-checked; unknown keys fail before any work."""
+    try:
+        return build_config(cls, params.get(section), section)
+    except TrainConfigError as e:
+        raise ConfigError(str(e)) from e
+
+
+def stage_main(doc: str, stages: dict[str, Callable[[dict], dict]], argv: list[str] | None = None) -> dict:
+    """`python -m flows.<module> STAGE [--params params.yaml]`: run one of `stages` on the params file."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("stage", choices=sorted(stages))
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    return stages[args.stage](load_params(args.params))
 
 
 def write_train_metrics(stage: str, metrics: dict, merge: bool = False) -> dict:

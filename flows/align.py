@@ -11,7 +11,6 @@ GPT-2 folder SFT started from, so that it speaks the policies' tokenizer: profil
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -20,8 +19,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows._artifacts import image_markdown, publish_image
-from flows._stage import load_params, md_table
-from flows._training import render_ppo_png, ui_progress, write_train_metrics
+from flows._stage import md_table
+from flows._training import config, render_ppo_png, stage_main, ui_progress, write_train_metrics
 from lmdata.errors import ConfigError
 from lmtrain.align.dpo import DPOConfig, train_dpo
 from lmtrain.align.evaluate import AlignEvalConfig, evaluate_alignment, length_rows, summary_rows
@@ -36,7 +35,6 @@ from lmtrain.align.reward import (
 )
 from lmtrain.align.sft import SFTConfig, train_sft
 from lmtrain.config import ConfigError as TrainConfigError
-from lmtrain.config import build_config
 from lmtrain.progress import rounded
 
 INSTRUCTIONS = Path("data/balance/instructions")
@@ -44,14 +42,6 @@ COMPARISONS = Path("data/balance/comparisons")
 EVAL_INSTRUCTIONS = Path("data/evalset/instructions")  # held-out rows: the frozen evaluation set
 EVAL_COMPARISONS = Path("data/evalset/comparisons")
 OUT = Path("models")
-
-
-def config(cls, params: dict, section: str):
-    """A config dataclass from `params[section]`, type-checked; unknown keys fail before any work."""
-    try:
-        return build_config(cls, params.get(section), section)
-    except TrainConfigError as e:
-        raise ConfigError(str(e)) from e
 
 
 def scalars(m: dict) -> dict:
@@ -211,11 +201,7 @@ STAGES = {"sft": sft, "reward": reward, "judge": judge, "ppo": ppo, "dpo": dpo, 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=sorted(STAGES))
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    return STAGES[args.stage](load_params(args.params))
+    return stage_main(__doc__, STAGES, argv)
 
 
 if __name__ == "__main__":

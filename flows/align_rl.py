@@ -10,7 +10,6 @@ see it. It reports which checkpoint the held-out signal picks; align_eval evalua
 
 from __future__ import annotations
 
-import argparse
 import csv
 import time
 from pathlib import Path
@@ -19,28 +18,25 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows._artifacts import publish_image
-from flows._stage import load_params, md_table
-from flows._training import render_curve_png, render_ppo_png, ui_progress, write_train_metrics
+from flows._stage import md_table
+from flows._training import (
+    config,
+    render_curve_png,
+    render_ppo_png,
+    stage_main,
+    ui_progress,
+    write_train_metrics,
+)
 from lmdata.atomic import write_json
 from lmdata.errors import ConfigError
 from lmtrain.align.curve import CSV_FIELDS, AlignCurveConfig, over_optimisation_curve
 from lmtrain.align.rloo import RLOOConfig, train_rloo
-from lmtrain.config import ConfigError as TrainConfigError
-from lmtrain.config import build_config
 from lmtrain.progress import rounded
 
 INSTRUCTIONS = Path("data/balance/instructions")
 EVAL_INSTRUCTIONS = Path("data/evalset/instructions")
 OUT = Path("models")
 RUNS = ("ppo", "rloo")
-
-
-def config(cls, params: dict, section: str):
-    """A config dataclass from `params[section]`, type-checked; unknown keys fail before any work."""
-    try:
-        return build_config(cls, params.get(section), section)
-    except TrainConfigError as e:
-        raise ConfigError(str(e)) from e
 
 
 @flow(name="rloo", log_prints=True)
@@ -125,11 +121,7 @@ STAGES = {"rloo": rloo, "curve": align_curve}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=sorted(STAGES))
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    return STAGES[args.stage](load_params(args.params))
+    return stage_main(__doc__, STAGES, argv)
 
 
 if __name__ == "__main__":

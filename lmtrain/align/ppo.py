@@ -30,6 +30,7 @@ from lmtrain.align.reward_model import RewardModel, load_reward_model
 from lmtrain.align.rl import (
     RolloutConfig,
     loop_metrics,
+    mean_stats,
     reply_logits,
     reward_scores,
     run_policy_loop,
@@ -212,8 +213,7 @@ def ppo_update(policy: PolicyWithValue, opt: torch.optim.Optimizer, batch: dict,
     `generator` (a CPU one) orders the minibatches."""
     rt = rt or Runtime(next(policy.parameters()).device, torch.float32)
     n = batch["x"].size(0)
-    sums: dict[str, float] = {}
-    count = 0
+    steps: list[dict] = []
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=generator)
         for i in range(0, n, cfg.minibatch_size):
@@ -232,10 +232,8 @@ def ppo_update(policy: PolicyWithValue, opt: torch.optim.Optimizer, batch: dict,
             loss.backward()
             optimizer_step(opt, policy.parameters(), cfg.grad_clip)
             stats.update(policy_loss=pl.item(), value_loss=vl.item(), entropy=masked_mean(entropy.detach(), m).item())
-            for k, val in stats.items():
-                sums[k] = sums.get(k, 0.0) + val
-            count += 1
-    return {k: v / count for k, v in sums.items()}
+            steps.append(stats)
+    return mean_stats(steps)
 
 
 def train_ppo(cfg: PPOConfig, sft_ckpt: str | Path, reward_ckpt: str | Path, prompts_dir: str | Path,

@@ -213,6 +213,11 @@ def run_policy_loop(cfg: RolloutConfig, name: str, policy: nn.Module, gpt: GPT, 
     return log, stopped, ckpt
 
 
+def mean_stats(steps: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Each statistic's mean over an update's minibatch steps (what PPO's and RLOO's updates report)."""
+    return {k: sum(s[k] for s in steps) / len(steps) for k in steps[0]} if steps else {}
+
+
 def loop_metrics(log: Sequence[dict], stopped: str | None, out_dir: Path, keys: Sequence[str]) -> dict:
     """The metrics both methods report: steps, stop reason, first score, the last step's `keys`, saved steps."""
     last = log[-1] if log else {}

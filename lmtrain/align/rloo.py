@@ -25,6 +25,7 @@ from lmtrain.align.reward_model import RewardModel, load_reward_model
 from lmtrain.align.rl import (
     RolloutConfig,
     loop_metrics,
+    mean_stats,
     reply_logprobs,
     reward_scores,
     run_policy_loop,
@@ -110,8 +111,7 @@ def rloo_update(policy: GPT, opt: torch.optim.Optimizer, batch: dict, cfg: RLOOC
     """`update_epochs` passes of minibatch steps on one rollout batch; mean statistics, or None on a NaN loss."""
     ro = batch["ro"]
     n = ro.x.size(0)
-    sums: dict[str, float] = {}
-    count = 0
+    steps: list[dict] = []
     for _ in range(cfg.update_epochs):
         order = torch.randperm(n, generator=generator)
         for i in range(0, n, cfg.minibatch_size):
@@ -124,10 +124,8 @@ def rloo_update(policy: GPT, opt: torch.optim.Optimizer, batch: dict, cfg: RLOOC
             loss.backward()
             optimizer_step(opt, policy.parameters(), cfg.grad_clip)
             stats["policy_loss"] = float(loss.detach())
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-    return {k: v / count for k, v in sums.items()}
+            steps.append(stats)
+    return mean_stats(steps)
 
 
 def train_rloo(cfg: RLOOConfig, sft_ckpt: str | Path, reward_ckpt: str | Path, prompts_dir: str | Path,
