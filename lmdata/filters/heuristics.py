@@ -2,8 +2,9 @@
 
 A rule reads a `TextView` (the text plus lazily cached lines, paragraphs and words) and a
 `HeuristicsConfig`, and returns None (keep) or the measured value that broke its threshold.
-`check_text` runs the enabled rules in order and reports the first failure; `heuristic_filter` is
-the stage step. Words follow datatrove's English tokenisation closely (punctuation marks are
+`check_text` runs the enabled rules in order and reports the first failure: the reference.
+`heuristic_filter`, the stage step, runs the same rules batched (heuristics_batch.py: the same
+decisions and values, tested against `check_text`, several times less CPU). Words follow datatrove's English tokenisation closely (punctuation marks are
 tokens of their own) so that thresholds mean the same thing as theirs; see docs/LOG.md.
 """
 
@@ -437,12 +438,20 @@ def check_text(text: str, c: HeuristicsConfig) -> tuple[str | None, float | None
 
 def heuristic_filter(df: pl.DataFrame, cfg: HeuristicsConfig, column: str = "text") -> StepResult:
     """The filter step: reject rows whose `column` fails a rule; C4 "modify" mode rewrites it.
+    Runs the batched rules (heuristics_batch.py: the same decisions and values as `check_text`).
 
     Rejected rows keep their original text; kept rows carry the modified one (and `n_bytes`,
     if present, is recomputed)."""
+    from lmdata.filters.heuristics_batch import check_batch  # imports this module
+
     if not cfg.enabled or df.is_empty():
         return StepResult(df, empty_rejects(df))
-    results = [check_text(t, cfg) for t in df[column].to_list()]
+    nulls = df[column].is_null()
+    if nulls.any():
+        row = int(nulls.arg_true()[0])
+        where = f" (id {df['id'][row]!r})" if "id" in df.columns else ""
+        raise ValueError(f"heuristic filter: column {column!r} is null in row {row}{where}")
+    results = check_batch(df[column].to_list(), cfg)
     reasons = pl.Series("reason", [r[0] for r in results], dtype=pl.Utf8)
     values = pl.Series("reason_value", [r[1] for r in results], dtype=pl.Float64)
     fails = reasons.is_not_null()
