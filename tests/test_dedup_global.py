@@ -3,6 +3,7 @@
 import random
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -128,3 +129,70 @@ def test_sharded_decontamination_equals_in_memory(tmp_path):
     decisions, stats = find_overlaps_sharded(stems, buckets(stems, config, tmp_path), ["text"], config, fetch)
     assert set(expected["id"]) == {"train-copy", "train-edit"}
     assert decisions.equals(expected) and stats == expected_stats
+
+
+def chained_mixed_and_eval() -> tuple[pl.DataFrame, list[str]]:
+    """A chain of edits (each 1% of words from the previous: neighbours near, ends not), a cluster
+    mixing an exact copy (other whitespace) with near copies, an evaluation document with a near
+    training copy, and unrelated originals; the chain's ids."""
+    rng = random.Random(3)
+    (a_id, a), (b_id, b), (c_id, c), *rest = originals(10).items()
+    chain = {f"chain-{k}": a for k in range(1)}
+    for k in range(1, 9):
+        chain[f"chain-{k}"] = edit_words(chain[f"chain-{k - 1}"], 0.01, rng)
+    mixed = {b_id: b, f"{b_id}-ws": b.replace(" ", "  ").replace("\n", "\r\n"), f"{b_id}-edit": edit_words(b, 0.02, rng),
+             f"{b_id}-boiler": b + BOILERPLATE}
+    train = frame({**chain, **mixed, f"{c_id}-copy": edit_words(c, 0.02, rng), **dict(rest)})
+    return pl.concat([train, frame({c_id: c}, "eval")]), list(chain)
+
+
+@pytest.mark.parametrize("band_ranges,hash_partitions,cluster_partitions", [(1, 1, 1), (3, 2, 5), (14, 1, None)])
+def test_transitive_chains_mixed_clusters_and_eval_keepers_across_partitions(tmp_path, band_ranges, hash_partitions,
+                                                                             cluster_partitions):
+    df, chain = chained_mixed_and_eval()
+    config = DedupConfig(verify=True, band_ranges=band_ranges, hash_partitions=hash_partitions,
+                         cluster_partitions=cluster_partitions)
+    stems, fetch = signed(df, config, tmp_path, n_shards=4)
+    expected, expected_stats = find_duplicates(load_index(stems, config), ["text"], config, fetch)
+    decisions, stats, sizes = find_duplicates_sharded(stems, buckets(stems, config, tmp_path), ["text"], config, fetch)
+    assert decisions.equals(expected) and stats == expected_stats
+    # What the planted case holds: one cluster of the whole chain though its ends are far apart ...
+    by_id = {r["id"]: r for r in decisions.iter_rows(named=True)}
+    in_chain = [by_id[i] for i in chain if i in by_id]
+    assert len(in_chain) == len(chain) - 1 and len({r["reason_detail"] for r in in_chain}) == 1
+    assert min(r["reason_value"] for r in in_chain) < 0.6 < 0.72 < max(r["reason_value"] for r in in_chain)
+    # ... exact and near copies in one cluster, and the evaluation document keeps its training copy out.
+    assert {r["reason"] for r in by_id.values() if r["id"] not in chain} == {"exact_dup", "near_dup", "eval_overlap"}
+    assert stats["cluster_size_histogram"] == {"2": 1, "4": 1, "9": 1}
+    assert sizes["candidates"] == 2 + 4 + 9 and sizes["largest_partition"] >= 9
+
+
+def test_union_find_over_pair_partitions_equals_connected_components(tmp_path):
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from lmdata.dedup_global import PAIR_SCHEMA, connected_rows
+    rng = np.random.default_rng(0)
+    n = 5000
+    a, b = rng.integers(0, n, 3000), rng.integers(0, n, 3000)
+    chain = np.arange(1000, 1600)  # a long path, and a star: many hooking rounds
+    a, b = np.concatenate([a, chain[:-1], np.full(300, 4321)]), np.concatenate([b, chain[1:], rng.integers(0, n, 300)])
+    a, b = np.minimum(a, b) * 7, np.maximum(a, b) * 7  # global rows need not be dense
+    keep = a != b
+    a, b = a[keep], b[keep]
+    files = []
+    for q in range(3):
+        sel = (a % 3) == q
+        files.append(tmp_path / f"pairs{q}.parquet")
+        pl.DataFrame({"a": a[sel], "b": b[sel], "exact": np.zeros(sel.sum(), bool)}, schema=PAIR_SCHEMA
+                     ).write_parquet(files[-1])
+    out, st = connected_rows(files, 4, tmp_path / "c")
+    got = pl.concat([pl.read_parquet(f).with_columns(part=pl.lit(q)) for q, f in enumerate(out)]).sort("row")
+    rows = np.unique(np.concatenate([a, b]))
+    _, label = connected_components(coo_matrix((np.ones(len(a)), (np.searchsorted(rows, a), np.searchsorted(rows, b))),
+                                               shape=(len(rows), len(rows))), directed=False)
+    assert got["row"].to_list() == rows.tolist() and st["candidates"] == len(rows)
+    smallest = pl.DataFrame({"label": label, "row": rows}).group_by("label").agg(pl.col("row").min())
+    expected = dict(zip(smallest["label"], smallest["row"]))
+    assert got["cluster"].to_list() == [expected[x] for x in label]  # the component's smallest row
+    assert (got["part"] == got["cluster"] % 4).all() and st["clusters"] == len(expected)
