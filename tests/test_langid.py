@@ -65,5 +65,19 @@ def test_missing_model_and_bad_config_fail_clearly(tmp_path):
         langid_filter(df, LangIdConfig(model_path=str(tmp_path / "lid.176.bin")))
     with pytest.raises(ValueError, match="min_score"):
         LangIdConfig.from_dict({"min_score": "high"})
+    with pytest.raises(ValueError, match="max_chars"):
+        LangIdConfig.from_dict({"max_chars": -1})
     with pytest.raises(ValueError, match="not in the data"):
         langid_filter(df, LangIdConfig(fields=["response"]))
+
+
+def test_max_chars_predicts_on_a_prefix_only(lid_model):
+    """An English opening then a long French body: whole text French, the first 200 characters English."""
+    text = TEXTS["en"] + " " + " ".join([TEXTS["fr"]] * 20)
+    df = pl.DataFrame({"id": ["mixed", "short"], "text": [text, TEXTS["de"]]})
+    whole = langid_filter(df, LangIdConfig(model_path=str(lid_model)))
+    prefix = langid_filter(df, LangIdConfig(model_path=str(lid_model), max_chars=len(TEXTS["en"])))
+    assert whole.rejected["reason_detail"].to_list() == ["fr", "de"]
+    assert prefix.kept["id"].to_list() == ["mixed"] and prefix.kept["lang"].to_list() == ["en"]
+    assert prefix.rejected["reason_detail"].to_list() == ["de"]  # shorter than max_chars: whole text, as before
+    assert predict_languages([TEXTS["de"]], lid_model, max_chars=10_000) == predict_languages([TEXTS["de"]], lid_model)
