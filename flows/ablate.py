@@ -34,8 +34,10 @@ from flows._stage import load_params
 from lmdata.ablation import ORDERS, AblationSpec, Run, Variant, code_hash, set_args
 from lmdata.ablation_report import (
     effects_plot_spec,
+    orders_plot_spec,
     plot_spec,
     read_results,
+    render_orders,
     render_png,
     render_report,
     result_row,
@@ -109,6 +111,39 @@ def experiment_refs(env: dict) -> dict[str, str]:
     return found
 
 
+def run_experiments(runs: list[Run], existing: dict[str, str]) -> dict[str, str]:
+    """{run's experiment name: commit} of the runs that have an experiment: under its own name, or under
+    another name with the same content key (names end in the key's first 10 hex digits), e.g. the
+    cumulative `+quality` run is leave-one-out's `all`: same params, same code, one experiment."""
+    by_key = {name.rsplit("-", 1)[-1]: sha for name, sha in sorted(existing.items()) if name.startswith("abl-")}
+    found = {}
+    for r in runs:
+        sha = existing.get(r.exp_name) or by_key.get(r.key[:10])
+        if sha:
+            found[r.exp_name] = sha
+    return found
+
+
+def report_dir(reports: str, spec: AblationSpec, order: str | None = None) -> Path:
+    order = order or spec.order
+    return Path(reports) / (spec.name if order == "cumulative" else f"{spec.name}-{order}")
+
+
+def orders_section(spec: AblationSpec, spec_path: str, rows: list[dict], reports: str, out_dir: Path) -> str:
+    """When the other order has results too (`reports/<name>[-leave-one-out]/results.duckdb`): both
+    orders side by side (markdown) and `orders.png`; an empty string otherwise."""
+    other = next(o for o in ORDERS if o != spec.order)
+    other_rows = read_results(report_dir(reports, spec, other) / "results.duckdb")
+    if not rows or not other_rows:
+        return ""
+    pairs = sorted([(spec, rows), (AblationSpec.load(spec_path, order=other), other_rows)],
+                   key=lambda p: ORDERS.index(p[0].order))
+    render_png(orders_plot_spec(spec.name, pairs), out_dir / "orders.png")
+    publish_image(f"ablate-{spec.name}-orders".lower().replace("_", "-"), out_dir / "orders.png",
+                  f"{spec.name}: both orders", f"ablation {spec.name}: each step's Δ bpb, cumulative and leave-one-out")
+    return "\n" + render_orders(pairs) + "\n![both orders](orders.png)\n"
+
+
 def queue_status(env: dict) -> dict[str, str]:
     """{experiment name: status} from `dvc queue status`. A name can be listed twice (an earlier run on
     another base commit): it counts as active while any of its rows is queued or running."""
@@ -124,7 +159,10 @@ def queue_status(env: dict) -> dict[str, str]:
 
 @task(name="queue-experiment", cache_policy=NO_CACHE)
 def queue_run(run: Run, target: str, env: dict) -> None:
-    sh(dvc_exe(), "exp", "run", "--queue", "--force", "-n", run.exp_name, *set_args(run.overrides), target, env=env)
+    """Queue one experiment. Never `--force`: that reruns every stage and bypasses DVC's run-cache, so
+    each run would recompute fetch, ingest, plant, … (measured: ~7 of ~12 min per run under load);
+    unforced, a stage whose command, deps and params an earlier run had is restored from the cache."""
+    sh(dvc_exe(), "exp", "run", "--queue", "-n", run.exp_name, *set_args(run.overrides), target, env=env)
 
 
 @task(name="run-queue", cache_policy=NO_CACHE)
@@ -235,20 +273,24 @@ def ablate(spec_path: str = "ablations.yaml", seeds: int | None = None, jobs: in
     # its data stages in the run-cache (the seed only changes `pretrain`).
     runs = sorted(spec.runs(load_params(params_path), code_hash(spec.target)), key=lambda r: r.seed)
     variants = {v.name: v for v in spec.variants}
-    out_dir = Path(reports) / (spec.name if spec.order == "cumulative" else f"{spec.name}-{spec.order}")
+    out_dir = report_dir(reports, spec)
     db = out_dir / "results.duckdb"
     cached = {r["run_key"]: r for r in read_results(db)}
-    existing = experiment_refs(env)
+    refs = experiment_refs(env)
+    existing = run_experiments(runs, refs)
+    shared = sum(r.exp_name in existing and r.exp_name not in refs for r in runs)
     done = [r for r in runs if r.key in cached or r.exp_name in existing]
     pending = [] if report_only else [r for r in runs if r not in done]
     print(f"ablate {spec.name} ({spec.order}): {len(runs)} runs ({len(spec.variants)} variants × {spec.seeds} seeds), "
           f"{len(done)} already done, {len(pending)} to run, {jobs} at a time; "
-          f"{spec.compute.training_tokens:,} training tokens each")
+          f"{spec.compute.training_tokens:,} training tokens each"
+          + (f"; {shared} done as another variant's experiment (same content key: same params and code)"
+             if shared else ""))
     for r in pending:
         queue_run.with_options(task_run_name=f"queue-{r.exp_name}")(r, spec.target, env)
     if pending:
         run_queue([r.exp_name for r in pending], jobs, env)
-        existing = experiment_refs(env)
+        existing = run_experiments(runs, experiment_refs(env))
     rows, failed, missing = [], [], []
     for r in runs:
         if r.key in cached:
@@ -259,7 +301,8 @@ def ablate(spec_path: str = "ablations.yaml", seeds: int | None = None, jobs: in
         else:
             (missing if report_only else failed).append(r.exp_name)
     write_results(db, rows)
-    report = render_report(spec, rows) + noise_section(spec, runs, load_params(params_path), existing, out_dir)
+    report = (render_report(spec, rows) + orders_section(spec, spec_path, rows, reports, out_dir)
+              + noise_section(spec, runs, load_params(params_path), existing, out_dir))
     if failed:
         report += "\n## Failed runs\n\n" + "\n".join(f"- `{n}`" for n in failed) + "\n"
     if missing:

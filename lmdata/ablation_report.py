@@ -177,6 +177,85 @@ def render_report(spec: AblationSpec, rows: list[dict], n_boot: int | None = Non
     return "\n".join(lines) + "\n"
 
 
+ORDER_LABELS = {"cumulative": "cumulative (vs the previous step)", "leave-one-out": "leave-one-out (`all` − without it)"}
+
+
+def step_of(e: dict) -> str:
+    """The step an effect row measures, the same in both orders (`+exact` and `-exact` are `exact`)."""
+    return e["variant"].lstrip("+-")
+
+
+def order_effects(orders: list[tuple[AblationSpec, list[dict]]], n_boot: int | None = None) -> dict[str, dict]:
+    """{order: {step: effect row}} of each (spec, rows) pair's compared grid steps (one-offs left out)."""
+    kw = {} if n_boot is None else {"n_boot": n_boot}
+    return {spec.order: {step_of(e): e for e in effects(spec.variants, rows, "eval_bpb", **kw)
+                         if e["compare_to"] is not None and e["kind"] != "one-off"} for spec, rows in orders}
+
+
+def render_orders(orders: list[tuple[AblationSpec, list[dict]]], n_boot: int | None = None) -> str:
+    """Both orders side by side: per step, its effect in pipeline order (with it − the previous step)
+    and left out of everything (`all` − every step but it), each with its t interval, both p-values and
+    the verdict. `orders` are (spec, rows) pairs, one per order; steps follow the first spec's grid."""
+    by_order = order_effects(orders, n_boot)
+    steps = list(dict.fromkeys(s for fx in by_order.values() for s in fx))
+    head = "| step | " + " | ".join(f"{ORDER_LABELS.get(o, o)}: Δ bpb [t 95% CI] | p (t) | bootstrap 95% CI | "
+                                    "p (boot) | verdict" for o in by_order) + " |"
+    lines = ["## Both orders", "",
+             "Each step's effect measured two ways (Δ = bits per byte with the step − without, paired by seed; "
+             "negative: the step helped). Cumulative: added to the steps before it, in pipeline order. "
+             "Leave-one-out: taken out of the full pipeline, so an earlier step cannot hide it. "
+             f"Rule, both orders: {RULE}.", "", head,
+             "|---|" + "---:|---:|---|---:|---|" * len(by_order)]
+    for step in steps:
+        cells = []
+        for fx in by_order.values():
+            e = fx.get(step)
+            if e is None or e["effect"] is None:
+                cells.append("— | — | — | — | not run")
+                continue
+            t, b = e["t"] or {}, e["boot"] or {}
+            cells.append(f"{e['effect']:+.4f} {_ci(t.get('ci'))} | {_p(t.get('p'))} | {_ci(b.get('ci'))} | "
+                         f"{_p(b.get('p'))} | **{e['verdict']}**")
+        lines.append(f"| `{step}` | " + " | ".join(cells) + " |")
+    agree = [s for s in steps if len({(fx.get(s) or {}).get("verdict") for fx in by_order.values()}) == 1]
+    lines += ["", f"Same verdict in both orders: {len(agree)} of {len(steps)} steps"
+              + (f" ({', '.join(f'`{s}`' for s in agree)})." if agree else ".")]
+    return "\n".join(lines) + "\n"
+
+
+def orders_plot_spec(name: str, orders: list[tuple[AblationSpec, list[dict]]]) -> dict:
+    """A Vega-Lite spec: each step's Δ bits per byte in both orders side by side, with bootstrap 95%
+    intervals (the t interval where a run has no per-block losses)."""
+    data = []
+    for order, fx in order_effects(orders).items():
+        for step, e in fx.items():
+            if e["effect"] is None:
+                continue
+            ci = (e["boot"] or {}).get("ci") or (e["t"] or {}).get("ci") or (e["effect"], e["effect"])
+            data.append({"step": step, "order": order, "effect": e["effect"], "lo": ci[0], "hi": ci[1],
+                         "verdict": e["verdict"]})
+    steps = list(dict.fromkeys(d["step"] for d in data))
+    x = {"field": "step", "type": "nominal", "sort": steps, "title": None, "axis": {"labelAngle": -30}}
+    off = {"field": "order", "type": "nominal"}
+    color = {"field": "order", "type": "nominal", "title": "order"}
+    return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "width": 90 * max(3, len(steps)),
+            "height": 260, "title": {"text": f"{name}: effect of each step on eval bits per byte, both orders",
+                                          "subtitle": "Δ = with the step − without (below 0: helped); bars: bootstrap "
+                                                      "95% CI; hollow: not significant"},
+            "data": {"values": data}, "layer": [
+                {"mark": {"type": "rule", "strokeDash": [4, 4], "color": "gray"}, "encoding": {"y": {"datum": 0}}},
+                {"mark": {"type": "errorbar", "ticks": True},
+                 "encoding": {"x": x, "xOffset": off, "color": color,
+                              "y": {"field": "lo", "type": "quantitative", "title": "Δ bits per byte"},
+                              "y2": {"field": "hi"}}},
+                {"mark": {"type": "point", "size": 80},
+                 "encoding": {"x": x, "xOffset": off, "color": color,
+                              "y": {"field": "effect", "type": "quantitative"},
+                              "fill": {"condition": {"test": "datum.verdict === 'helped' || datum.verdict === 'hurt'",
+                                                     "field": "order", "type": "nominal", "legend": None},
+                                       "value": "white"}}}]}
+
+
 def plot_spec(spec: AblationSpec, rows: list[dict], metric: str = "eval_bpb") -> dict:
     """A Vega-Lite spec: mean `metric` per variant (grid order) with ± std error bars and every seed."""
     order = [v.name for v in spec.variants]

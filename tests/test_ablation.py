@@ -4,6 +4,7 @@ to end as DVC experiments in a temporary git repo. Statistics: tests/test_ablati
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -25,8 +26,10 @@ from lmdata.ablation import (
 )
 from lmdata.ablation_report import (
     effects_plot_spec,
+    orders_plot_spec,
     plot_spec,
     read_results,
+    render_orders,
     render_png,
     render_report,
     write_results,
@@ -180,6 +183,47 @@ def test_results_round_trip_and_plot(tmp_path):
     assert render_png(effects_plot_spec(spec, rows), tmp_path / "fx.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_both_orders_side_by_side(tmp_path):
+    grid = [{"name": "raw", "set": {}}, {"name": "+exact", "set": {}}, {"name": "+langid", "set": {}}]
+    cum, loo = AblationSpec.from_dict({"grid": grid}), AblationSpec.from_dict({"grid": grid}, order="leave-one-out")
+    # 4 seeds shift bpb by 0.1 each; per block the losses differ by step only. Cumulative: exact helps by
+    # 0.05 and langid hurts by 0.01 (seed spread 0.002); leave-one-out: langid helps by 0.02 (all − -langid).
+    def run(v, s, bpb):
+        jitter = 0.002 * (s % 2)
+        return row(v, s, bpb + 0.1 * s + jitter, eval_tokens=1024, eval_bytes=4096,
+                   eval_blocks={"block_tokens": 512, "nats": [(bpb + jitter) * 2048 * math.log(2) + i for i in (0, 1)]})
+    cr = [run(v, s, b) for v, b in [("raw", 2.0), ("+exact", 1.95), ("+langid", 1.96)] for s in range(4)]
+    lr = [run(v, s, b) for v, b in [("all", 1.90), ("-exact", 1.95), ("-langid", 1.92)] for s in range(4)]
+    md = render_orders([(cum, cr), (loo, lr)], n_boot=200)
+    lines = {ln.split(" | ")[0]: ln.split(" | ")[1:] for ln in md.splitlines() if ln.startswith("| `")}
+    assert list(lines) == ["| `exact`", "| `langid`"]
+    assert lines["| `exact`"][0].startswith("-0.0500 [") and lines["| `exact`"][4] == "**helped**"
+    assert lines["| `exact`"][5].startswith("-0.0500 [") and lines["| `exact`"][9] == "**helped** |"
+    assert lines["| `langid`"][0].startswith("+0.0100 [") and lines["| `langid`"][4] == "**hurt**"
+    assert lines["| `langid`"][5].startswith("-0.0200 [") and lines["| `langid`"][9] == "**helped** |"
+    assert "Same verdict in both orders: 1 of 2 steps (`exact`)." in md
+    # a step measured in one order only says so
+    one = render_orders([(cum, cr), (loo, [r for r in lr if r["variant"] != "-langid"])], n_boot=0)
+    assert "| `langid` | +0.0100" in one and one.rstrip().splitlines()[-3].endswith("— | — | — | — | not run |")
+    png = render_png(orders_plot_spec("t", [(cum, cr), (loo, lr)]), tmp_path / "orders.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_runs_found_by_content_key_under_another_name():
+    from flows.ablate import run_experiments
+
+    grid = [{"name": "raw", "set": {"dedup.exact": False}}, {"name": "+exact", "set": {"dedup.exact": True}}]
+    cum = AblationSpec.from_dict({"grid": grid, "seeds": 1}).runs(PARAMS, "c")
+    loo = AblationSpec.from_dict({"grid": grid, "seeds": 1}, order="leave-one-out").runs(PARAMS, "c")
+    by_variant = {r.variant: r for r in cum + loo}
+    assert by_variant["all"].key == by_variant["+exact"].key and by_variant["-exact"].key == by_variant["raw"].key
+    refs = {r.exp_name: f"sha-{r.variant}" for r in cum}
+    refs["abl-other-s0-" + "0" * 10] = "sha-unrelated"
+    found = run_experiments(loo, refs)
+    assert found == {by_variant["all"].exp_name: "sha-+exact", by_variant["-exact"].exp_name: "sha-raw"}
+    assert run_experiments(AblationSpec.from_dict({"grid": grid, "seeds": 1}).runs(PARAMS, "other code"), refs) == {}
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end: a 2-variant × 1-seed grid as DVC experiments in a temporary git repo.
 
@@ -253,3 +297,14 @@ def test_two_variant_grid_end_to_end(tmp_path, prefect_server, raw_sample):
     assert "4 runs (2 variants × 2 seeds), 2 already done, 0 to run" in second.stdout + second.stderr
     unfinished = (repo / "reports/tiny/report.md").read_text().split("## Not finished")[1]
     assert "abl-raw-s1-" in unfinished and "abl-plus-exact-s1-" in unfinished and "-s0-" not in unfinished
+
+    # leave-one-out's `all` and `-exact` are the cumulative `+exact` and `raw`: found by content key, and
+    # its report shows both orders side by side
+    loo = subprocess.run([*cmd, "--order", "leave-one-out", "--report-only"], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert loo.returncode == 0, loo.stderr[-3000:]
+    assert "2 runs (2 variants × 1 seeds), 2 already done, 0 to run" in loo.stdout + loo.stderr
+    assert "2 done as another variant's experiment" in loo.stdout + loo.stderr
+    both = (repo / "reports/tiny-leave-one-out/report.md").read_text()
+    assert "## Both orders" in both and "| `exact` |" in both and "Not finished" not in both
+    assert (repo / "reports/tiny-leave-one-out/orders.png").read_bytes()[:4] == b"\x89PNG"
