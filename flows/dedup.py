@@ -161,9 +161,12 @@ def explain_markdown(dataset: str, passes: list[tuple[list[str], dict]], metrics
 
 
 @task(name="eval-overlap", cache_policy=NO_CACHE)
-def overlap_task(stems: list[Path], pair_file: Path, out: Path) -> int:
-    """Decontamination over one pair partition: training documents that pair with an evaluation document."""
-    return overlap_partition(stems, pair_file, out)
+def overlap_task(stems: list[Path], pair_files: list[Path], fields: list[str], cfg: DedupConfig, pairs_out: Path,
+                 out: Path) -> int:
+    """Decontamination over one pair partition (its pairs, verified): training documents that pair
+    with an evaluation document."""
+    partition_pairs(stems, pair_files, fields, cfg, pairs_out, fetch=lambda need: fetch_rows(need, fields))
+    return overlap_partition(stems, pairs_out, out)
 
 
 @task(name="eval-overlap-merge", cache_policy=NO_CACHE)
@@ -175,11 +178,11 @@ def overlap_merge_task(stems: list[Path], files: list[Path], fields: list[str], 
 
 def overlaps(stems: list[Path], partitions: list[list[Path]], fields: list[str], cfg: DedupConfig, work: Path,
              name: str, out: Path) -> dict:
-    """Global phase of decontamination, each step a task: pairs, overlaps per partition, merge."""
-    pair_files, _ = all_pairs(stems, partitions, fields, cfg, work / name)
-    found = [work / f"{name}-overlap{q}.parquet" for q in range(len(pair_files))]
-    futures = [overlap_task.with_options(task_run_name=f"eval-overlap-{name}-{q}").submit(stems, f, o)
-               for q, (f, o) in enumerate(zip(pair_files, found))]
+    """Global phase of decontamination, each step a task: pairs and overlaps per partition, then the merge."""
+    found = [work / f"{name}-overlap{q}.parquet" for q in range(len(partitions))]
+    futures = [overlap_task.with_options(task_run_name=f"eval-overlap-{name}-{q}").submit(
+        stems, files, fields, cfg, work / f"{name}-pairs{q}.parquet", o)
+        for q, (files, o) in enumerate(zip(partitions, found))]
     [f.result() for f in futures]
     return overlap_merge_task.with_options(task_run_name=f"eval-overlap-merge-{name}").submit(
         stems, found, fields, out).result()
