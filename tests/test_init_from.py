@@ -296,3 +296,26 @@ def test_the_sft_from_hf_profile_resolves_into_a_dag_that_never_reads_the_pipeli
     upstream = {st.name for st in nx.descendants(repo.index.graph, align_eval)}  # edges: stage -> its deps
     assert {"sft", "reward", "judge", "ppo", "rloo", "dpo"} <= upstream and "pretrain" not in upstream
     assert "evaluate-models@3" in deps and "data/init/gpt2" in deps["evaluate-models@3"]
+
+
+def test_the_smoke_copy_brings_the_init_folder_and_names_a_missing_one(hf_dir, tmp_path):
+    from flows._errors import UsageError
+    from flows._smoke import prepare_scratch
+
+    work, raw = tmp_path / "work", tmp_path / "raw"
+    for name in ("params.yaml", "dvc.yaml"):
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text((ROOT / name).read_text())
+    for name in ("lmdata", "lmtrain", "flows", "init"):
+        (work / name).symlink_to(ROOT / name)  # copytree follows the links: the scratch gets real copies
+    (raw / "text").mkdir(parents=True)
+    (raw / "text" / "a.txt").write_text("x\n")
+    profile = ROOT / "profiles" / "sft_from_hf.yaml"
+    with pytest.raises(UsageError, match=r"data/init/gpt2: named in the params .* put the model or file there"):
+        prepare_scratch(work, profile, raw, tmp_path / "scratch1", 1.0, False)
+    (work / "data" / "init").mkdir(parents=True)
+    (work / "data" / "init" / "gpt2").symlink_to(hf_dir, target_is_directory=True)
+    (tmp_path / "scratch2").mkdir()
+    prepare_scratch(work, profile, raw, tmp_path / "scratch2", 1.0, False)
+    copied = tmp_path / "scratch2" / "data" / "init" / "gpt2"
+    assert not copied.is_symlink() and (copied / "model.safetensors").read_bytes() == (hf_dir / "model.safetensors").read_bytes()

@@ -99,7 +99,9 @@ def over_optimisation_curve(cfg: AlignCurveConfig, sft_ckpt: str | Path, runs: M
     judge, judge_tok = load_reward_model(judge_ckpt, rt.device)
     for path, other in ((reward_ckpt, rm_tok), (judge_ckpt, judge_tok)):
         if getattr(other, "hash", None) != getattr(tok, "hash", None):
-            raise ValueError(f"{path}: tokenizer differs from the SFT model's ({sft_ckpt})")
+            raise ValueError(f"{path}: tokenizer differs from the SFT model's ({sft_ckpt}); the reward model and "
+                             "the judge must start from models with the policies' tokenizer (params reward.init_from, "
+                             "judge.init_from)")
     rows = eval_prompts(eval_dir, "dev", max_prompts=cfg.prompts)
     prompts = [prompt_ids(tok, r["prompt"])[-(sft.block_size - cfg.max_new_tokens):] for r in rows]
     stops, end = stop_ids(tok), tok.special_tokens["<|end|>"]

@@ -111,7 +111,9 @@ def evaluate_alignment(cfg: AlignEvalConfig, sft_ckpt: str | Path, policies: Map
     sft, tok = load_gpt(sft_ckpt, 0.0, rt.device)
     judge, judge_tok = load_reward_model(judge_ckpt, rt.device)
     if getattr(judge_tok, "hash", None) != getattr(tok, "hash", None):
-        raise ValueError(f"{judge_ckpt}: judge tokenizer differs from the SFT model's ({sft_ckpt})")
+        raise ValueError(f"{judge_ckpt}: judge tokenizer differs from the SFT model's ({sft_ckpt}); the judge must "
+                         "start from a model with the policies' tokenizer (params judge.init_from: the model "
+                         "sft.init_from names when that is a HF GPT-2 folder)")
     prompts = [prompt_ids(tok, r["prompt"])[-(sft.block_size - cfg.max_new_tokens):] for r in rows]
     stops, end = stop_ids(tok), tok.special_tokens["<|end|>"]
     n = len(prompts)
