@@ -14,13 +14,22 @@ All texts are lowercased beforehand, identically for both sides. One thread (POL
   (the stage's: bucket tasks, then the candidates task, run one after another in one process)
   at 1x and 10x an input (>= 100 MB at 10x), each in a fresh subprocess: (10 x work_1x) / work_10x;
   the baseline is the same measure for an all-in-memory datasketch run.
-- the global phase's largest task (each task in a fresh subprocess, peak RSS - RSS after imports) on
-  signature files of 500k documents (100k with --quick; 20% planted exact and near copies, written
-  by `write_signatures` as `sign_shard` does): `dedup_global_largest_task_memory`, the largest task
-  of the sharded phase (14 band ranges) vs the in-memory `load_index` + `candidate_pairs` + `decide`;
-  `dedup_band_task_memory_split`, the largest bucket task with 14 band ranges vs with 1.
+- the global phase, every task in a fresh subprocess as the stage submits it (bucket, pairs,
+  components, keep, decisions), each measured by its working memory (peak RSS - RSS after
+  imports), peak RSS and CPU-seconds (getrusage); the baseline for the candidates rows is the
+  candidates task as it was before it was split (lmdata/dedup_global.py at BEFORE, loaded from git).
+  (a) signature files of 500k synthetic documents (100k with --quick; 20% planted exact and near
+  copies, written by `write_signatures` as `sign_shard` does), band_ranges 1, 2, 7, 14 (one hash
+  partition, so cluster_partitions = band_ranges): `dedup_global_largest_task_memory` (14 ranges vs
+  the in-memory `load_index` + `candidate_pairs` + `decide`), `dedup_band_task_memory_split` (the
+  largest bucket task, 14 vs 1), `dedup_global_largest_task_memory_split` (the largest task of any
+  kind, 14 vs 1), `dedup_candidates_task_memory` (the largest pairs/components/keep/decisions task
+  at 14 vs the candidates task before). (b) the generated corpus of bench/scale_lib/corpus.py at
+  --corpus-mb sizes (kept under --work, with its Parquet shards and signature files), params.yaml's
+  dedup settings (verify on): `dedup_candidates_memory_growth`, the largest candidates-phase task's
+  working memory at the large size over the small one, vs the same for the task before.
 
-Usage: python bench/dedup.py [--quick] [--data DIR] [--global-only]
+Usage: python bench/dedup.py [--quick] [--data DIR] [--global-only] [--work DIR] [--corpus-mb 100,1000]
 """
 
 from __future__ import annotations

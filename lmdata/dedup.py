@@ -10,7 +10,9 @@ Three phases, so that no step ever holds the texts of all shards at once:
    `verify_pairs` (true Jaccard), then `decide`: union-find clusters, one keeper per cluster, a
    DECISIONS table (id, reason, reason_detail = kept id, reason_value) and explain-stats.
    The stage runs phase 2 sharded (`lmdata.dedup_global`): tasks per band range and key-hash
-   partition emit buckets, then one task builds a `SignatureIndex` of the candidates alone.
+   partition emit buckets and their pairs, pairs tasks per partition verify them, one integer
+   union-find over the candidate rows labels clusters, and keeper tasks per cluster partition
+   apply `decide_clusters` (the keep rule below) to their own rows; no task holds every id.
 3. per shard: `lmdata.stage.split_by_decisions(df, decisions)`.
 
 Keeper rule, per cluster: evaluation documents first (they are never rejected), then the longest,

@@ -13,6 +13,7 @@ from lmdata.dedup_global import (
     EXACT,
     BucketSpec,
     bucket_specs,
+    cluster_partitions,
     find_duplicates_sharded,
     find_overlaps_sharded,
     write_buckets,
@@ -116,6 +117,12 @@ def test_bucket_specs_cover_every_band_and_partition_once():
     assert len(bucket_specs(DedupConfig(band_ranges=99))) == 1 + 14  # at most one range per band
     with pytest.raises(ValueError, match="band_ranges"):
         DedupConfig.from_dict({"band_ranges": 0})
+    # one pair / cluster partition per LSH bucket task unless set; exact-only passes: per key partition
+    assert cluster_partitions(config) == 15 and cluster_partitions(DedupConfig(near=False, hash_partitions=3)) == 3
+    assert cluster_partitions(DedupConfig.from_dict({"cluster_partitions": 2, "band_ranges": 7})) == 2
+    assert DedupConfig.from_dict({"cluster_partitions": None}).cluster_partitions is None
+    with pytest.raises(ValueError, match="cluster_partitions"):
+        DedupConfig.from_dict({"cluster_partitions": 0})
 
 
 def test_sharded_decontamination_equals_in_memory(tmp_path):
