@@ -51,6 +51,8 @@ CONFIGS = {
     "odd_ngram_sizes": lambda: HeuristicsConfig(
         disabled_rules=[r for r in NAMES if not r.startswith(("gopher_top", "gopher_dup"))],
         max_top_ngram_char_frac={2: 0.01, 3: 0.01, 5: 0.01}, max_dup_ngram_char_frac={4: 0.0, 5: 0.01, 7: 0.0, 10: 0.0}),
+    "c4_only_punctuation_words": lambda: HeuristicsConfig(
+        count_punctuation_as_words=True, disabled_rules=[r for r in NAMES if not r.startswith("c4")]),
     "c4_only_modify": lambda: HeuristicsConfig(
         c4_mode="modify", c4_min_sentences=0, c4_max_curly_line_frac=1.0,
         disabled_rules=[r for r in NAMES if not r.startswith("c4") or r == "c4_min_words_per_line"]),
@@ -162,3 +164,15 @@ def test_filter_step_runs_the_batched_rules_and_names_a_null_row():
     assert kept["n_bytes"].to_list() == [len(t.encode()) for t in expected]
     with pytest.raises(ValueError, match="null in row 1 \\(id 'b'\\)"):
         heuristic_filter(pl.DataFrame({"id": ["a", "b"], "text": ["fine text", None]}), cfg)
+
+
+def test_each_rule_alone_identical():
+    """Every rule as the only one enabled (so every combination of skipped work is taken), with
+    punctuation counted as words or not and both C4 modes."""
+    rng = random.Random(3)
+    texts = CRAFTED + [random_doc(rng) for _ in range(40)]
+    for i, rule in enumerate(NAMES):
+        cfg = HeuristicsConfig(disabled_rules=[r for r in NAMES if r != rule], count_punctuation_as_words=i % 2 == 0,
+                               c4_mode="modify" if i % 3 == 0 else "filter", min_words_for_repetition=i % 4 * 5,
+                               **{**LOOSE, "min_doc_words": 50, "min_stop_words": 2})
+        assert_same(texts, cfg)

@@ -186,7 +186,9 @@ def _quality(b: _Batch) -> dict | None:
         rule("gopher_mean_word_length", (n_plain == 0) | (mean < c.min_mean_word_length)
              | (mean > c.max_mean_word_length), mean)
     need_alpha = "gopher_alpha_words" not in b.disabled
-    if c.count_punctuation_as_words:
+    if not need_alpha and "gopher_symbol_ratio" in b.disabled:
+        n_den = n_alpha = None  # no enabled rule reads the denominator words
+    elif c.count_punctuation_as_words:
         n_den = w["count"]
         n_alpha = (_counts(w["doc"], m, w["tok"].str.contains(p["alpha"]).to_numpy().astype(np.int64))
                    if need_alpha else None)
