@@ -23,14 +23,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from lmdata.readers import READERS, REQUIRED, BadRecord, ConfigError, RawRecord, Record, check_source
+from lmdata.readers import READERS, REQUIRED, BadRecord, ConfigError, RawRecord, check_source
 from lmdata.schema import DATASETS, FIELD_COLUMNS, SchemaViolation
 from lmdata.shards import REJECTED_DIR, ShardWriter
-from lmdata.text import document_id, normalise_text, normalise_texts, record_text
+from lmdata.text import document_id, normalise_text, normalise_utf8, record_text
 
 ROLES = ("system", "user", "assistant")
-BATCH_RECORDS = 2048          # records normalised together (one regex scan and NFC check per batch)
-BATCH_CHARS = 16_000_000      # ... or fewer, so a batch of large documents stays small
 # json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str), without building an encoder per row
 # (JSONEncoder.encode builds its C encoder on every call: `_meta_json` keeps one)
 _META_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
@@ -117,7 +115,7 @@ def _clean_str(value: Any, name: str, normalised: str | None = None) -> str:
 
 def clean_fields(dataset: str, fields: dict[str, Any], normalised: str | None = None) -> dict[str, Any]:
     """Check and normalise the fields `dataset` needs; raise BadField naming the field. `normalised`:
-    the corpus text already normalised (by `normalise_texts` over a batch)."""
+    the corpus text already normalised (`normalise_utf8`)."""
     for name in REQUIRED[dataset]:
         if name not in fields:
             raise BadField("missing_field", f"field {name!r} missing")
@@ -143,23 +141,26 @@ def clean_fields(dataset: str, fields: dict[str, Any], normalised: str | None = 
     return {"messages": out, "prompt": users[-1], "response": out[-1]["content"]}
 
 
-def to_row(rec: RawRecord, dataset: str, cfg: IngestConfig, fraction: float,
-           forced: frozenset[str], markup: str | None = None, normalised: str | None = None) -> tuple[tuple, int]:
+def to_row(rec: RawRecord, dataset: str, cfg: IngestConfig, fraction: float, forced: frozenset[str],
+           markup: str | None = None, normalised: tuple[str, bytes] | None = None) -> tuple[tuple, int]:
     """Turn a raw record into a row of `dataset`: a tuple in the order of `columns_for(dataset)`,
     with the text as its UTF-8 bytes (what `BuiltRowWriter` takes); raise BadField if it must be
-    rejected. `markup` (the source spec's) is recorded in `meta.markup` for the clean stage."""
-    fields = clean_fields(dataset, rec.fields, normalised)
+    rejected. `markup` (the source spec's) is recorded in `meta.markup` for the clean stage.
+    `normalised`: a corpus record's text already normalised, with its bytes (`normalise_utf8`)."""
+    fields = clean_fields(dataset, rec.fields, normalised[0] if normalised is not None else None)
     text = record_text(dataset, fields)
-    n_bytes = len(data := text.encode("utf-8"))
+    n_bytes = len(data := normalised[1] if normalised is not None else text.encode("utf-8"))
     if n_bytes > cfg.max_doc_bytes:
         raise BadField("too_large", f"{n_bytes} bytes > ingest.max_doc_bytes={cfg.max_doc_bytes}")
     chash = xxhash.xxh3_128_hexdigest(data)  # == hash_hex(text), without encoding it again
     group = rec.group or chash
-    meta = dict(rec.meta)
-    if rec.repaired_bytes:
-        meta["repaired_bytes"] = rec.repaired_bytes
-    if markup:
-        meta["markup"] = markup
+    meta = rec.meta
+    if rec.repaired_bytes or markup:
+        meta = dict(meta)
+        if rec.repaired_bytes:
+            meta["repaired_bytes"] = rec.repaired_bytes
+        if markup:
+            meta["markup"] = markup
     row = (_document_id(rec.source, rec.locator, data), chash, rec.source, rec.locator, group,
            "eval" if is_eval(group, fraction, cfg.eval_salt, forced) else "train",
            data, n_bytes, _meta_json(meta))
@@ -248,32 +249,6 @@ def _raw_text(rec: RawRecord) -> str:
         return repr(rec.fields)
 
 
-def batches(records: Iterator[Record], dataset: str) -> Iterator[tuple[list[Record], list[str | None]]]:
-    """Records in batches, with each corpus record's text normalised together (None where the record
-    has no string text: `to_row` then rejects it as today)."""
-    batch: list[Record] = []
-    chars = 0
-    for rec in records:
-        batch.append(rec)
-        text = rec.fields.get("text") if isinstance(rec, RawRecord) else None
-        chars += len(text) if isinstance(text, str) else 0
-        if len(batch) >= BATCH_RECORDS or chars >= BATCH_CHARS:
-            yield batch, _normalised(batch, dataset)
-            batch, chars = [], 0
-    if batch:
-        yield batch, _normalised(batch, dataset)
-
-
-def _normalised(batch: list[Record], dataset: str) -> list[str | None]:
-    if dataset != "corpus":
-        return [None] * len(batch)
-    idx = [i for i, r in enumerate(batch) if isinstance(r, RawRecord) and isinstance(r.fields.get("text"), str)]
-    out: list[str | None] = [None] * len(batch)
-    for i, text in zip(idx, normalise_texts([batch[i].fields["text"] for i in idx]), strict=True):
-        out[i] = text
-    return out
-
-
 def ingest_source(spec: dict, dataset: str, cfg: IngestConfig, out_dir: Path) -> dict:
     """Read one source and write its kept and rejected shards under `out_dir`; return stats."""
     max_bytes = max(1, int(cfg.shard_max_mb * 1_000_000))
@@ -290,7 +265,8 @@ def ingest_source(spec: dict, dataset: str, cfg: IngestConfig, out_dir: Path) ->
         return "eval" if is_eval(group, fraction, cfg.eval_salt, forced) else "train"
 
     records = READERS[spec["type"]]({**spec, "_split_of": split_of}, dataset, cfg.invalid_utf8)
-    for rec, normalised in ((r, n) for batch, norm in batches(records, dataset) for r, n in zip(batch, norm)):
+    corpus, markup = dataset == "corpus", spec.get("markup")
+    for rec in records:
         rows_in += 1
         repaired += getattr(rec, "repaired_bytes", 0)
         if isinstance(rec, BadRecord):
@@ -298,8 +274,10 @@ def ingest_source(spec: dict, dataset: str, cfg: IngestConfig, out_dir: Path) ->
                          len(rec.raw or ""))
             by_reason[rec.reason] += 1
             continue
+        text = rec.fields.get("text") if corpus else None
         try:
-            row, nbytes = to_row(rec, dataset, cfg, fraction, forced, spec.get("markup"), normalised)
+            row, nbytes = to_row(rec, dataset, cfg, fraction, forced, markup,
+                                 normalise_utf8(text) if isinstance(text, str) else None)
         except BadField as e:
             raw = rec.fields.get("text") if dataset == "corpus" and isinstance(rec.fields.get("text"), str) \
                 else _raw_text(rec)

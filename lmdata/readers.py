@@ -126,11 +126,12 @@ def record_of(obj: dict, spec: dict, dataset: str, locator: str, meta: dict,
               repaired_bytes: int = 0) -> Record:
     """A parsed JSONL line or Parquet row → a RawRecord: fields renamed, `source`/`group` taken
     from the record where mapped, `title`/`url`/`lang` and all other fields kept in `meta`."""
-    return record_maker(spec, dataset)(obj, locator, meta, repaired_bytes)
+    return record_maker(spec, dataset)(obj, locator, dict(meta), repaired_bytes)
 
 
 def record_maker(spec: dict, dataset: str) -> Callable[[dict, str, dict, int], Record]:
-    """`record_of` for one source spec, with what depends only on the spec worked out once."""
+    """`record_of` for one source spec, with what depends only on the spec worked out once. The
+    function it returns takes `meta` as the record's own (it adds to it: pass a new dict)."""
     mapping = spec.get("fields", {})
     name = spec["source"]
     group_field = "group" if "group" in mapping else spec.get("group_field")
@@ -155,7 +156,6 @@ def record_maker(spec: dict, dataset: str) -> Callable[[dict, str, dict, int], R
         group = obj.get(group_field) if group_field else None
         if group is None and obj.get(id_field) is not None:
             group = f"{name}:{obj[id_field]}"
-        meta = dict(meta)
         for key in promoted:
             if obj.get(key) is not None:
                 meta[key] = obj[key]

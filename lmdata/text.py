@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from bisect import bisect_right
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import Any
 
 import xxhash
@@ -64,26 +62,24 @@ def normalise_text(text: str) -> str:
     return text
 
 
+def normalise_utf8(text: str) -> tuple[str, bytes]:
+    """`normalise_text(text)` and its UTF-8 bytes (what ingest hashes and writes), touching the text
+    only if it needs it. An ASCII text (most, in most corpora; `isascii` is O(1), CPython stores the
+    flag) is checked on its bytes: every ASCII control and CR mapped to NUL by one C `translate`,
+    then one memchr; other texts by a regex scan and the NFC quick check."""
+    if text.isascii():
+        data = text.encode("ascii")
+        if 0 not in data.translate(_ASCII_TO_NUL):
+            return text, data
+    elif _DIRTY.search(text) is None and unicodedata.is_normalized("NFC", text):
+        return text, text.encode("utf-8")
+    text = normalise_text(text)
+    return text, text.encode("utf-8")
+
+
 def normalise_texts(texts: list[str]) -> list[str]:
-    """`normalise_text` over a batch, exactly, touching only the rows that need it. ASCII rows (most,
-    in most corpora) are checked together: their concatenated bytes, with every ASCII control and CR
-    mapped to NUL in one C pass, are searched with memchr, and only the rows holding a hit are
-    normalised; other rows are checked one by one (regex, NFC quick check)."""
-    out = list(texts)
-    ascii_rows = [i for i, t in enumerate(texts) if t.isascii()]  # isascii is O(1): CPython stores the flag
-    marked = "".join([texts[i] for i in ascii_rows]).encode("ascii").translate(_ASCII_TO_NUL)
-    pos = marked.find(0)
-    if pos >= 0:
-        ends = list(accumulate(len(texts[i]) for i in ascii_rows))
-        while pos >= 0:  # one find per dirty row: skip to the end of the row that holds the hit
-            k = bisect_right(ends, pos)
-            out[ascii_rows[k]] = normalise_text(texts[ascii_rows[k]])
-            pos = marked.find(0, ends[k])
-    if len(ascii_rows) != len(texts):
-        for i, t in enumerate(texts):
-            if not t.isascii() and (_DIRTY.search(t) is not None or not unicodedata.is_normalized("NFC", t)):
-                out[i] = normalise_text(t)
-    return out
+    """`normalise_text` over a list, exactly, touching only the texts that need it."""
+    return [normalise_utf8(text)[0] for text in texts]
 
 
 def hash_hex(*parts: str) -> str:

@@ -10,7 +10,6 @@ import unicodedata
 
 import polars as pl
 
-import lmdata.ingest as ingest_mod
 from lmdata.ingest import IngestConfig, ingest_source
 from lmdata.text import document_id, hash_hex, normalise_text, normalise_texts
 
@@ -62,8 +61,7 @@ def test_batch_normalisation_equals_the_reference_on_random_mixtures():
         assert normalise_texts(batch) == [reference_normalise(t) for t in batch]
 
 
-def test_ingest_in_small_batches_matches_the_per_row_reference(tmp_path, monkeypatch):
-    monkeypatch.setattr(ingest_mod, "BATCH_RECORDS", 3)  # several batches, clean and dirty ones
+def test_ingest_matches_the_per_row_reference(tmp_path):
     lines = [json.dumps({"text": t, "n": i}, ensure_ascii=i % 2 == 0 or "\ud800" in t).encode()
              for i, t in enumerate(EDGE)]
     lines[3:3] = [b'{"text": "broken', b"[1, 2]", b'{"txt": "no text field"}', b'{"text": 5}',
