@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 from pathlib import Path
 
 import polars as pl
@@ -16,7 +17,8 @@ from lmdata.ingest import BuiltRowWriter, IngestConfig, _meta_json, ingest_sourc
 from lmdata.readers import BadRecord, RawRecord, record_of
 from lmdata.schema import SchemaViolation, validate
 from lmdata.shards import list_shards
-from lmdata.text import decode_utf8
+from lmdata.text import decode_utf8, normalise_utf8
+from tests.test_ingest_vectorised import EDGE, reference_normalise
 
 LINES = [
     b'{"text": "plain", "n": 1}',
@@ -169,3 +171,12 @@ def test_record_of_is_unchanged_for_mapped_fields():
     assert (rec.source, rec.group, rec.meta) == ("s", "3", {"file": "f", "title": "T", "fields": {"extra": [1]}})
     bad = record_of({"body": "x", "site": 5}, spec, "corpus", "f:2", {})
     assert isinstance(bad, BadRecord) and bad.reason == "wrong_type"
+
+
+def test_normalise_utf8_gives_the_reference_text_and_its_bytes():
+    pool = ["x", "é", "\r\n", "\x00", "\x7f", "\x85", "\ufeff", "e\u0301", "\ud800", "東", "\t", "\n", " "]
+    rng = random.Random(3)
+    texts = EDGE + ["".join(rng.choice(pool) for _ in range(rng.randint(0, 12))) for _ in range(2000)]
+    for text in texts:
+        ref = reference_normalise(text)
+        assert normalise_utf8(text) == (ref, ref.encode("utf-8"))
