@@ -1,10 +1,19 @@
-"""Heuristic filters vs datatrove's GopherQualityFilter, GopherRepetitionFilter and C4QualityFilter.
+"""Heuristic filters vs datatrove's GopherQualityFilter, GopherRepetitionFilter and C4QualityFilter,
+and the batched heuristics vs the per-document reference.
 
 Both sides run at EQUAL thresholds (the published defaults, C4 in line-modifier mode as datatrove
 has it) on the real sample: Shakespeare and Milton (one document per work, as ingest makes them),
 the Britannica article, Django catalogs (one document per locale) and pydoc topics. Writes
 bench/results/filter.json with `filter_agreement_with_datatrove`, `filter_speed_vs_datatrove`
-and seconds per rule. Usage: python bench/filter.py [--quick]
+and seconds per rule (of the per-document reference, each rule alone).
+
+Old vs new, in the same process and in CPU-seconds (polars' threads included): the batched rules
+(`heuristic_filter`, heuristics_batch.py) against the per-document reference (`check_text`) on the
+sample at params.yaml's and datatrove's thresholds, and on a generated corpus of ~4 KB documents
+(bench/scale_lib/corpus.py, the scaling bench's documents) — `heuristics_cpu_*` (MB per CPU-second)
+and `heuristics_identical_*` (share of documents with the same rule, value and text). Language ID on
+a prefix (`filter.langid.max_chars`, opt-in): decisions agreeing with the whole text, and CPU.
+Usage: python bench/filter.py [--quick]
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from lmdata.filters.heuristics import (  # noqa: E402
     check_text,
     doc_rules,
 )
+from lmdata.filters.heuristics_batch import check_batch  # noqa: E402
 from lmdata.text import decode_utf8, normalise_text  # noqa: E402
 
 DL = Path("/tmp/dl")
@@ -136,13 +146,79 @@ def run_datatrove(texts: list[str], per_filter: dict[str, float] | None = None,
 
 
 def run_ours(texts: list[str], cfg: HeuristicsConfig) -> tuple[list[str | None], float]:
+    """The stage's rules (batched), each text's first failing rule, and the seconds taken."""
     t0 = time.perf_counter()
-    out = [check_text(t, cfg)[0] for t in texts]
+    out = [r[0] for r in check_batch(texts, cfg)]
     return out, time.perf_counter() - t0
 
 
+def cpu_seconds(fn, *args):
+    c0 = time.process_time()
+    out = fn(*args)
+    return out, time.process_time() - c0
+
+
+def params_heuristics() -> HeuristicsConfig:
+    import yaml
+
+    return HeuristicsConfig.from_dict(yaml.safe_load((ROOT / "params.yaml").read_text())["filter"]["heuristics"])
+
+
+def batched_vs_reference(texts: list[str], cfg: HeuristicsConfig, label: str, what: str) -> list[dict]:
+    """Rows: MB per CPU-second of the batched rules vs the per-document reference (same process,
+    same texts), and the share of documents with an identical (rule, value, new text)."""
+    check_batch(texts[:3], cfg)  # builds the regex classes once per process (~0.3 CPU-s), outside the timing
+    ref, t_ref = cpu_seconds(lambda: [check_text(t, cfg) for t in texts])
+    new, t_new = cpu_seconds(check_batch, texts, cfg)
+    mb = sum(len(t.encode()) for t in texts) / 1e6
+    same = sum(a == b for a, b in zip(ref, new)) / len(texts)
+    return [{"measure": f"heuristics_cpu_{label}", "ours": mb / t_new,
+             "baseline": f"per-document check_text (the reference), same process; {what}",
+             "baseline_value": mb / t_ref, "unit": "MB/CPU-s", "ratio": t_ref / t_new,
+             "cpu_s": {"reference": t_ref, "batched": t_new}, "mb": mb, "documents": len(texts)},
+            {"measure": f"heuristics_identical_{label}", "ours": same, "baseline": "the reference (check_text)",
+             "baseline_value": 1.0, "unit": "share of documents", "ratio": same}]
+
+
+def generated_corpus(mb: float) -> list[str]:
+    """Texts of the scaling bench's generated corpus (~4 KB documents, 20% planted copies)."""
+    import json as _json
+    import tempfile
+
+    from bench.scale_lib.corpus import write_corpus
+
+    raw = ROOT / "data" / "raw"
+    with tempfile.TemporaryDirectory() as tmp:
+        write_corpus(raw, Path(tmp), mb)
+        return [_json.loads(line)["text"] for p in sorted(Path(tmp).glob("*.jsonl"))
+                for line in p.read_text(encoding="utf-8").splitlines()]
+
+
+def langid_prefix_rows(sets: dict[str, list[str]], max_chars: int = 2000) -> list[dict]:
+    """Language ID on each text's first `max_chars` characters vs the whole text (en, min_score 0.5)."""
+    from lmdata.filters.langid import LangIdConfig, predict_languages
+
+    model = ROOT / LangIdConfig().model_path
+    rows = []
+    for label, texts in sets.items():
+        predict_languages(texts[:2], model)  # load the model outside the timing
+        (langs, scores), t_whole = cpu_seconds(predict_languages, texts, model)
+        (plangs, pscores), t_prefix = cpu_seconds(predict_languages, texts, model, max_chars)
+        keep = [lang == "en" and s >= 0.5 for lang, s in zip(langs, scores)]
+        pkeep = [lang == "en" and s >= 0.5 for lang, s in zip(plangs, pscores)]
+        agree = sum(a == b for a, b in zip(keep, pkeep)) / len(texts)
+        rows += [{"measure": f"langid_prefix_{max_chars}_agreement_{label}", "ours": agree,
+                  "baseline": "language ID on the whole text (kept iff en with score >= 0.5)", "baseline_value": 1.0,
+                  "unit": "share of documents", "ratio": agree, "documents": len(texts),
+                  "changed": len(texts) - sum(a == b for a, b in zip(keep, pkeep))},
+                 {"measure": f"langid_prefix_{max_chars}_cpu_{label}", "ours": t_prefix,
+                  "baseline": "language ID on the whole text, same process", "baseline_value": t_whole,
+                  "unit": "CPU-s", "ratio": t_whole / t_prefix}]
+    return rows
+
+
 def time_per_rule(texts: list[str], cfg: HeuristicsConfig) -> dict[str, float]:
-    """Seconds each rule takes over all documents when run alone, including the views it needs
+    """Seconds each rule of the per-document reference takes over all documents when run alone, including the views it needs
     (the word split, ~1.3 s of each word-based rule here, is shared when rules run together)."""
     timings: dict[str, float] = {}
     for name, rule in doc_rules(cfg).items():
@@ -175,6 +251,13 @@ def main() -> None:
     for n, o, t, a in zip(names, ours, theirs, agree):
         if not a:
             examples.setdefault(f"{o or 'keep'} | {t or 'keep'}", []).append(n)
+    old_new = batched_vs_reference(texts, params_heuristics(), "sample", "the sample at params.yaml's thresholds")
+    old_new += batched_vs_reference(texts, cfg, "sample_datatrove_thresholds", "the sample at datatrove's thresholds")
+    generated = generated_corpus(3.0 if args.quick else 20.0) if (ROOT / "data" / "raw").exists() else []
+    if generated:
+        old_new += batched_vs_reference(generated, params_heuristics(), "generated_4kb",
+                                        "the scaling bench's generated ~4 KB documents, params.yaml's thresholds")
+    old_new += langid_prefix_rows({"sample": texts, **({"generated_4kb": generated} if generated else {})})
     rules = time_per_rule(texts, cfg)
     standalone = {}
     for family, (index, family_cfg) in standalone_configs().items():
@@ -193,7 +276,8 @@ def main() -> None:
     rows += [{"measure": f"filter_agreement_with_datatrove_{k}", "ours": v,
               "baseline": "datatrove 0.10.1, this filter alone (same thresholds)", "baseline_value": 1.0,
               "unit": "share of documents", "ratio": v} for k, v in standalone.items()]
-    rows += [{"measure": f"seconds_rule_{k}", "ours": v, "baseline": "all rules together (ours)",
+    rows += old_new
+    rows += [{"measure": f"seconds_rule_{k}", "ours": v, "baseline": "all rules together (ours, batched)",
               "baseline_value": t_ours, "unit": "s", "ratio": t_ours / v if v else 0.0}
              for k, v in rules.items()]
     result = {"benchmark": "filter", "documents": n, "mb": sum(len(t.encode()) for t in texts) / 1e6,
