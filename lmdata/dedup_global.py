@@ -352,7 +352,8 @@ def keep_partition(stems: Sequence[Path], cluster_file: Path, config: DedupConfi
     decisions.write_parquet(out)
     sizes = members.group_by("cluster").agg(size=pl.len(), keeper=pl.col("keeper").first(), members=pl.col("id"))
     largest = sizes.sort(["size", "keeper"], descending=[True, False]).head(config.top_clusters)
-    shard = dict(index.docs.select("id", "shard").iter_rows())
+    shown = largest["members"].explode() if largest.height else pl.Series("members", [], pl.Utf8)
+    shard = dict(index.docs.filter(pl.col("id").is_in(shown.implode())).select("id", "shard").iter_rows())
     return {"documents": len(index.docs), "rows_rejected": decisions.height,
             "rejected_by_reason": dict(decisions.group_by("reason").len().rows()),
             "clusters": sizes.height, "cluster_size_histogram": dict(sizes.group_by("size").len().rows()),
