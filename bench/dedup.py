@@ -270,8 +270,11 @@ def task_child(spec: dict) -> None:
     if not spec.get("texts", True):  # synthetic signature files: no texts (verify is off), snippets empty
         def fetch_texts(_needed: dict[str, list[str]]) -> pl.DataFrame:
             return pl.DataFrame(schema={"id": pl.Utf8, "text": pl.Utf8})
+    elif kind == "before":
+        fetch_texts = fetch_before  # as flows.dedup.fetch_rows read them at BEFORE
     else:
-        fetch_texts = fetch_shard_texts
+        def fetch_texts(needed: dict[str, list[str]]) -> pl.DataFrame:
+            return g.fetch_rows(needed, fields)
     base = rss_mb("VmRSS")
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     result = None
@@ -281,7 +284,7 @@ def task_child(spec: dict) -> None:
         if config.verify:
             pairs = verify_pairs(pairs, fetch_texts(texts_needed(pairs)), fields, config)
         decide(index, pairs, config)
-    elif kind == "before":  # the candidates task before this change (lmdata/dedup_global.py at BEFORE)
+    elif kind in ("before", "before-compact-fetch"):  # the candidates task at BEFORE (lmdata/dedup_global.py)
         old = before_module()
         decisions, stats, index = old.find_duplicates_sharded(stems, a["buckets"], fields, config, fetch_texts)
         from lmdata.dedup import members_needed
@@ -324,9 +327,9 @@ def before_module():
     return mod
 
 
-def fetch_shard_texts(needed: dict[str, list[str]]) -> pl.DataFrame:
+def fetch_before(needed: dict[str, list[str]]) -> pl.DataFrame:
     """The candidates' texts from their Parquet shards (the `shard` a signature file names), as the flow's
-    `fetch_rows` reads them."""
+    `fetch_rows` read them at BEFORE (the filtered rows kept every shard's text buffer alive)."""
     frames = [pl.read_parquet(shard, columns=["id", "text"]).filter(pl.col("id").is_in(ids))
               for shard, ids in needed.items()]
     return pl.concat(frames) if frames else pl.DataFrame(schema={"id": pl.Utf8, "text": pl.Utf8})
@@ -467,8 +470,10 @@ def corpus_task_memory(sizes_mb: list[float], work: Path) -> tuple[list[dict], d
         specs = bucket_specs(config)
         for spec in specs:
             write_buckets(stems, spec, work / f"phase-{mb:g}mb" / f"before-{spec.name}.parquet")
-        before = run_task({"stems": [str(s) for s in stems], "config": config.to_dict(), "kind": "before", "args": {
-            "buckets": [str(work / f"phase-{mb:g}mb" / f"before-{s.name}.parquet") for s in specs]}})
+        before, before_compact = (run_task({"stems": [str(s) for s in stems], "config": config.to_dict(), "kind": kind,
+                                            "args": {"buckets": [str(work / f"phase-{mb:g}mb" / f"before-{s.name}.parquet")
+                                                                 for s in specs]}})
+                                  for kind in ("before", "before-compact-fetch"))
         docs = sum(pl.scan_parquet(f"{s}.keys.parquet").select(pl.len()).collect().item() for s in stems)
         cand = largest(tasks, ("pairs", "components", "keep", "decisions"))
         detail[f"{mb:g}"] = {"documents": docs, "corpus_mb": round(json.loads((corpus / "planted.json").read_text())
@@ -477,6 +482,7 @@ def corpus_task_memory(sizes_mb: list[float], work: Path) -> tuple[list[dict], d
                              "candidates_largest_task": cand["task"], "candidates_largest_work_mb": round(cand["work_mb"], 1),
                              "before_candidates_task_mb": round(before["work_mb"], 1),
                              "before_candidates_task_cpu_s": round(before["cpu_s"], 2),
+                             "before_with_compacting_fetch_mb": round(before_compact["work_mb"], 1),
                              "cpu_s": round(sum(x["cpu_s"] for x in tasks), 2), "by_kind": largest_by_kind(tasks)}
         print(f"corpus {mb:g} MB: " + json.dumps(detail[f"{mb:g}"], indent=1), flush=True)
     small, big = (detail[f"{mb:g}"] for mb in (min(sizes_mb), max(sizes_mb)))

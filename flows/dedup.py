@@ -35,6 +35,7 @@ from lmdata.dedup_global import (
     bucket_specs,
     cluster_partitions,
     connected_rows,
+    fetch_rows,
     keep_partition,
     merge_decisions,
     merge_overlaps,
@@ -64,13 +65,6 @@ def signatures_task(in_path: Path, fields: list[str], cfg: DedupConfig, stem: Pa
                     exclude: Path | None, split: str | None = None) -> dict:
     df = without(read_shard(in_path), exclude, split)
     return sign_shard(df, fields, cfg, stem, shard=str(in_path))
-
-
-def fetch_rows(needed: dict[str, list[str]], fields: list[str]) -> pl.DataFrame:
-    """Only the candidate documents' fields, shard by shard (never all texts at once)."""
-    frames = [pl.read_parquet(shard, columns=["id", *fields]).filter(pl.col("id").is_in(ids))
-              for shard, ids in needed.items()]
-    return pl.concat(frames) if frames else pl.DataFrame(schema={"id": pl.Utf8, **{f: pl.Utf8 for f in fields}})
 
 
 @task(name="buckets", cache_policy=NO_CACHE)
