@@ -369,11 +369,20 @@ def _repetition_ngrams(b: _Batch, w: dict) -> None:
     lens = w["len"][sel]
     ends = np.cumsum(counts)  # flat end of each document's tokens
     n_chars = b.texts.gather(w["idx"][docs]).str.len_chars().to_numpy().astype(np.int64)
-    values: dict[tuple[str, int], np.ndarray] = {}
+    full_idx = w["idx"][docs]
+    deferred: list[tuple[int, np.ndarray]] = []  # dup rules that must wait for a later top rule
+    last_top = max(tops, default=0)
+
+    def apply(kind: str, n: int, val: np.ndarray) -> None:
+        v = _scatter(b.n, full_idx, val)
+        limit = (c.max_top_ngram_char_frac if kind == "top" else c.max_dup_ngram_char_frac)[n]
+        b.fail(f"gopher_{kind}_{n}gram", v > limit, v)
+
     cand = np.arange(len(ids))  # flat start positions whose n-gram may repeat in its document
     code, chars = ids.copy(), lens.copy()
     for n in range(2, max([*tops, *dups]) + 1):
-        valid = cand + n - 1 < ends[doc[cand]]
+        live = b.alive[full_idx]  # documents that failed an earlier rule need no more work
+        valid = (cand + n - 1 < ends[doc[cand]]) & live[doc[cand]]
         cand, code, chars = cand[valid], code[valid], chars[valid]
         with np.errstate(over="ignore"):
             code = code * _P + ids[cand + n - 1] + np.uint64(1)
@@ -383,14 +392,14 @@ def _repetition_ngrams(b: _Batch, w: dict) -> None:
         rep = reps >= 2
         cand, code, chars, reps = cand[rep], code[rep], chars[rep], reps[rep]
         dc = doc[cand]
-        if n in tops:
+        if n in tops:  # the reference runs every top rule (n ascending) before any dup rule
             bound = (_per_doc(dc, chars, m, "max") + n - 1) * _per_doc(dc, reps, m, "max")
             val = np.zeros(m)
             maybe = np.flatnonzero(_frac(bound, n_chars) > c.max_top_ngram_char_frac[n])
             if len(maybe):
                 d, top, first_chars = _top_exact(dc, code, cand, chars, maybe)
                 val[d] = _frac((first_chars + n - 1) * top, n_chars[d])
-            values[("top", n)] = val
+            apply("top", n, val)
         if n in dups:
             total = np.zeros(m, dtype=np.int64)
             bound = _per_doc(dc, chars, m, "sum")
@@ -398,12 +407,11 @@ def _repetition_ngrams(b: _Batch, w: dict) -> None:
             for j in np.flatnonzero(_frac(bound, n_chars) > c.max_dup_ngram_char_frac[n]).tolist():
                 lo, hi = bounds[j], bounds[j + 1]
                 total[j] = _dup_scan(cand[lo:hi].tolist(), code[lo:hi].tolist(), chars[lo:hi].tolist(), n)
-            values[("dup", n)] = _frac(total, n_chars)
-    full_idx = w["idx"][docs]
-    for kind, ns, thresholds in [("top", tops, c.max_top_ngram_char_frac), ("dup", dups, c.max_dup_ngram_char_frac)]:
-        for n in ns:
-            v = _scatter(b.n, full_idx, values[(kind, n)])
-            b.fail(f"gopher_{kind}_{n}gram", v > thresholds[n], v)
+            deferred.append((n, _frac(total, n_chars)))
+        if n >= last_top:  # every top rule has run: the dup rules so far, in order
+            for dn, val in deferred:
+                apply("dup", dn, val)
+            deferred = []
 
 
 def _c4(b: _Batch) -> None:
