@@ -63,6 +63,10 @@ def connect(data_root: Path = Path("data"), con: duckdb.DuckDBPyConnection | Non
                              f"{cols}, {reasons} FROM \"{view}\"")
     if parts:
         con.execute("CREATE OR REPLACE VIEW lineage AS " + " UNION ALL BY NAME ".join(parts))
+    labels = Path(data_root) / "plant" / "labels.parquet"  # the planted-noise study's labels (lmdata.plant)
+    if labels.is_file():
+        path = str(labels).replace("'", "''")
+        con.execute(f"CREATE OR REPLACE VIEW plant_labels AS SELECT * FROM read_parquet('{path}')")
     return con
 
 
@@ -182,6 +186,26 @@ def explain_kept(stage: str, dataset: str, split: str | None, details: dict, par
     return "kept" + (f" ({'; '.join(words)})" if words else "")
 
 
+def planted(con: duckdb.DuckDBPyConnection, doc_id: str) -> list[str]:
+    """A planted document's label (data/plant/labels.parquet: kind, origin, measured Jaccard, detail) and
+    the step meant to catch its kind (docs/NOISE.md); nothing for any other document."""
+    if "plant_labels" not in views(con):
+        return []
+    from lmdata.plant_recall import TARGET_STEP
+
+    cols = _columns(con, "plant_labels")
+    pick = ", ".join(c if c in cols else f"NULL AS {c}" for c in ("kind", "origin", "jaccard", "detail"))
+    row = con.execute(f"SELECT {pick} FROM plant_labels WHERE id = ? LIMIT 1", [doc_id]).fetchone()
+    if row is None:
+        return []
+    kind, origin, jaccard, detail = row
+    what = [f"origin {origin}" if origin else None, f"Jaccard {_fmt(jaccard)} to it" if jaccard is not None else None,
+            detail or None]
+    words = "; ".join(w for w in what if w)
+    return [f"  planted {kind}{f' ({words})' if words else ''}: the step meant to catch it is "
+            f"{TARGET_STEP.get(kind, 'none named')} (docs/NOISE.md)"]
+
+
 def explain(con: duckdb.DuckDBPyConnection, doc_id: str, params_path: Path = Path("params.yaml"),
             lock_path: Path = Path("dvc.lock")) -> list[str]:
     """One line per (document, stage): `stage dataset: kept (...)` or `... rejected rule (...)`."""
@@ -190,6 +214,7 @@ def explain(con: duckdb.DuckDBPyConnection, doc_id: str, params_path: Path = Pat
     for stage, dataset, status, full_id, reason, detail, value, split, source in why(con, doc_id):
         if full_id != last:
             lines.append(f"{full_id}  (source {source}, split {split})")
+            lines += planted(con, full_id)
             last = full_id
         params = stage_params(stage, dataset, base, lock)
         if status == "rejected":

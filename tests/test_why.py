@@ -118,3 +118,19 @@ def test_unknown_id_and_bad_sql_fail_in_one_line(pipeline, capsys):
     assert lmforge(["query", "SELECT count(*) AS n FROM lineage WHERE status = 'rejected'",
                     "--data", str(pipeline / "data")]) == 0
     assert "\n8\n" in capsys.readouterr().out  # big, redir, evfr, dupe, french, short, low, cut
+
+
+def test_a_planted_document_names_its_kind_origin_and_target_step(pipeline, capsys):
+    """With the planted-noise study's labels (data/plant/labels.parquet), `why` says what a planted
+    document is, then (as for any document) which step removed it; other documents are unchanged."""
+    from lmdata.plant import LABEL_SCHEMA, LABELS_FILE
+
+    (pipeline / "data" / "plant").mkdir()
+    pl.DataFrame([{"id": "dupe", "kind": "near_copy", "origin": "keep1", "jaccard": 0.81, "jaccard_bin": "0.8-0.9",
+                   "detail": "12% of words replaced"}], schema=LABEL_SCHEMA).write_parquet(
+        pipeline / "data" / "plant" / LABELS_FILE)
+    lines = why(pipeline, "dupe", capsys).splitlines()
+    assert lines[1] == ("  planted near_copy (origin keep1; Jaccard 0.81 to it; 12% of words replaced): the step "
+                        "meant to catch it is minhash (docs/NOISE.md)")
+    assert "dedup corpus: rejected near_dup (near-duplicate of keep1" in "\n".join(lines[2:])
+    assert "planted" not in why(pipeline, "keep1", capsys)
