@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from scale_lib.corpus import write_corpus  # noqa: E402
+from scale_lib.corpus import ensure_corpus  # noqa: E402
 
 TARGET_MB_PER_CORE = 2.0  # issue 17: end to end, ingest → dedup → filter on the 1 GB corpus
 DATATROVE_PUBLISHED = 0.9  # MB/s per core, MinHash signatures on FineWeb
@@ -141,10 +141,20 @@ def signature_speeds(corpus: Path, mb: float, work: Path) -> dict:
     return res
 
 
+def code_commit() -> str:
+    """The commit measured, with `+dirty` when tracked files differ from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    return head.strip() + ("+dirty" if dirty else "")
+
+
 def stage_figures(run: dict) -> list[dict]:
-    """Per stage: documents and MB per CPU-second (input text; ingest: the JSONL), peak RSS of the
-    largest worker process and the driver's working memory."""
+    """Per stage: documents and MB per CPU-second (input text; ingest: the JSONL), peak RSS and working
+    memory (peak minus a fresh interpreter's after imports) of the largest worker process, and the
+    working memory of the flow process (the driver: tasks a flow calls inline run there)."""
     out = []
+    base = run.get("import_rss_mb")
     for st in run["stages"]:
         mb = run["corpus_mb"] if st["stage"] == "ingest" else (st["bytes_in"] or 0) / 1e6
         docs = st["rows_in"] if st["stage"] == "ingest" else st["docs_in"]
@@ -153,6 +163,7 @@ def stage_figures(run: dict) -> list[dict]:
                     "mb_per_cpu_s": mb / cpu, "docs_per_cpu_s": (docs or 0) / cpu,
                     "orchestration_cpu_s": st["orchestration_cpu_s"],
                     "largest_worker_rss_mb": max(st["worker_peak_rss_mb"] or [0.0]),
+                    "largest_worker_work_mb": None if base is None else max(st["worker_peak_rss_mb"] or [0.0]) - base,
                     "driver_work_mb": st["driver_work_mb"]})
     return out
 
@@ -197,9 +208,19 @@ def summarise(runs: list[dict], rows: list[dict]) -> list[dict]:
             if f["stage"] not in fs:
                 continue
             growth = f["largest_worker_rss_mb"] / max(fs[f["stage"]]["largest_worker_rss_mb"], 1e-9)
-            rows.append({"measure": f"{f['stage']}_worker_peak_rss_growth_{small['gb']:g}_to_{large['gb']:g}gb_{kind}",
+            sizes = f"{small['gb']:g}_to_{large['gb']:g}gb_{kind}"
+            rows.append({"measure": f"{f['stage']}_worker_peak_rss_growth_{sizes}",
                          "ours": growth, "baseline": f"linear in corpus size (x{scale:.1f})", "baseline_value": scale,
                          "unit": "peak RSS ratio, largest worker", "ratio": scale / growth})
+            for who, key in (("worker", "largest_worker_work_mb"), ("flow_process", "driver_work_mb")):
+                w_small, w_large = fs[f["stage"]][key], f[key]
+                if w_small is None or w_large is None:
+                    continue
+                w_small, w_large = max(w_small, 1.0), max(w_large, 1.0)  # below 1 MB: sampling noise
+                rows.append({"measure": f"{f['stage']}_{who}_work_growth_{sizes}", "ours": w_large / w_small,
+                             "baseline": f"linear in corpus size (x{scale:.1f})", "baseline_value": scale,
+                             "unit": f"working memory ratio, {who.replace('_', ' ')} ({w_small:.0f} -> {w_large:.0f} MB)",
+                             "ratio": scale * w_small / w_large})
     return rows
 
 
@@ -207,9 +228,10 @@ def print_table(runs: list[dict]) -> None:
     for run in runs:
         print(f"{run['label']}: {run['corpus_mb']:.0f} MB")
         for f in stage_figures(run):
+            work = "" if f["largest_worker_work_mb"] is None else f" (work {f['largest_worker_work_mb']:5.0f})"
             print(f"  {f['stage']:8s} {f['mb_per_cpu_s']:7.2f} MB/CPU-s {f['docs_per_cpu_s']:8.0f} docs/CPU-s  "
                   f"cpu {f['cpu_s']:7.1f} s  wall {f['wall_s']:7.1f} s  largest worker {f['largest_worker_rss_mb']:6.0f} MB"
-                  f"  driver work {f['driver_work_mb']:5.0f} MB")
+                  f"{work}  driver work {f['driver_work_mb']:5.0f} MB")
 
 
 def main() -> None:
@@ -248,7 +270,7 @@ def main() -> None:
     for n, gb in enumerate(sizes):
         corpus = args.corpus_dir / f"corpus-{gb:g}gb"
         t0 = time.perf_counter()
-        planted = write_corpus(raw, corpus, gb * 1000)
+        planted = ensure_corpus(raw, corpus, gb * 1000)
         corpus_mb = planted["bytes"] / 1e6
         print(f"corpus {gb:g} GB: {planted} ({time.perf_counter() - t0:.0f} s)", flush=True)
         if n == 0 and args.datatrove_mb > 0:
@@ -267,16 +289,19 @@ def main() -> None:
             print(f"run {label}", flush=True)
             params = scale_params(work, corpus, raw, kind, int(workers), args.max_train_docs, args.shard_mb)
             run = run_pipeline(params, work, kind)
-            run.update(label=label, gb=gb, corpus_mb=corpus_mb, planted=planted)
+            run.update(label=label, gb=gb, corpus_mb=corpus_mb, planted=planted, commit=code_commit(),
+                       finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), load_avg=os.getloadavg())
             if not any("library" in r for r in runs):  # the work without Prefect, on the first ingest shard
                 shard = sorted((work / "data" / "ingest" / "corpus").glob("*.parquet"))[0]
                 proc = subprocess.run([sys.executable, "-m", "bench.scale_lib.library", str(work / "params.yaml"),
                                        str(shard), "5000"], cwd=ROOT, capture_output=True, text=True,
                                       env={**os.environ, "PYTHONPATH": str(ROOT)})
-                if proc.returncode:
-                    raise RuntimeError(proc.stderr[-3000:])
-                run["library"] = json.loads(proc.stdout[proc.stdout.index("{"):])
-            runs.append(run)
+                if proc.returncode:  # keep the pipeline run: it took far longer than this
+                    print(f"library speeds failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
+                    run["library_error"] = proc.stderr[-3000:]
+                else:
+                    run["library"] = json.loads(proc.stdout[proc.stdout.index("{"):])
+            runs = [r for r in runs if r["label"] != label] + [run]  # a rerun replaces an earlier one
             rows = summarise(runs, rows)
             shutil.rmtree(work / "data", ignore_errors=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -89,4 +89,21 @@ def write_corpus(raw: Path, out_dir: Path, target_mb: float, file_mb: float = 64
         made["records"] += 1
         i += 1
     f.close()
+    (out_dir / "planted.json").write_text(json.dumps({"target_mb": target_mb, "file_mb": file_mb, "seed": seed,
+                                                      **made}, indent=1) + "\n")
     return made
+
+
+def ensure_corpus(raw: Path, out_dir: Path, target_mb: float, file_mb: float = 64.0, seed: int = 0) -> dict:
+    """The corpus under `out_dir`: reused when its `planted.json` says it was written with these settings
+    and every file is there, else written (a 1 GB corpus takes minutes to generate)."""
+    sidecar = out_dir / "planted.json"
+    if sidecar.exists():
+        made = json.loads(sidecar.read_text())
+        settings = {k: made.pop(k, None) for k in ("target_mb", "file_mb", "seed")}
+        files = sorted(out_dir.glob("shard-*.jsonl"))
+        if (settings == {"target_mb": target_mb, "file_mb": file_mb, "seed": seed} and len(files) == made["files"]
+                and sum(f.stat().st_size for f in files) == made["bytes"]):
+            return made
+        sidecar.unlink()
+    return write_corpus(raw, out_dir, target_mb, file_mb, seed)

@@ -38,7 +38,7 @@ def library_speeds(params: dict, shard: Path, max_rows: int = 5000) -> dict:
     df = pl.read_parquet(shard).filter(pl.col("split") == "train").head(max_rows)
     mb = df["text"].str.len_bytes().sum() / 1e6
     out = {"docs": df.height, "mb": mb}
-    clean = CleanConfig.from_dict(params.get("clean"))
+    clean = CleanConfig.from_dict({k: v for k, v in (params.get("clean") or {}).items() if k != "input"})  # flow's
     res, out["clean_s"] = timed(clean_step, df, clean)
     df = res.kept
     _, out["dedup_signatures_s"] = timed(shard_signatures, df, ["text"], DedupConfig.from_dict(params["dedup"]), "s")

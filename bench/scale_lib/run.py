@@ -9,7 +9,11 @@ and Ray workers) are told apart from orchestration (the Prefect server, Ray's ra
 command line; the CPU of orchestration is reported apart and not counted as stage work. One Prefect
 server on loopback serves the driver and every worker (a spawned worker would otherwise start its own). Peaks of
 processes shorter than the sampling period can be missed; the driver's own peak comes from the sampler
-too (its RSS before each stage subtracted).
+too (its RSS before each stage subtracted). A worker's working memory is its peak RSS minus `import_rss_mb`,
+the RSS of a fresh interpreter that imported the five flows (and Ray, for Ray runs).
+
+With Ray or Dask it refuses to start unless every connect in `OFF_MACHINE` fails (the caller runs it in a
+loopback-only network namespace) and records each error, and where Ray's node is bound, in the output.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import json
 import os
 import resource
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -29,6 +35,33 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
 ORCHESTRATION = ("prefect", "uvicorn", "raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py",
                  "runtime_env", "ray_client", "ray::DashboardAgent", "ray::RuntimeEnvAgent")
+# Addresses Ray may probe at start-up (public DNS, cloud metadata) and one more public host: none may connect.
+OFF_MACHINE = (("1.1.1.1", 53), ("8.8.8.8", 53), ("169.254.169.254", 80), ("140.82.112.3", 443))
+
+
+def off_machine_connects() -> dict[str, str]:
+    """Try a TCP connect to every `OFF_MACHINE` address; raise if one succeeds, else return each error."""
+    errors = {}
+    for host, port in OFF_MACHINE:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(3)
+            try:
+                s.connect((host, port))
+            except OSError as exc:
+                errors[f"{host}:{port}"] = f"{type(exc).__name__}: {exc}"
+                continue
+        raise SystemExit(f"connected to {host}:{port}: not in a loopback-only network namespace, refusing to start")
+    return errors
+
+
+def import_rss_mb(kind: str) -> float:
+    """RSS (MB) of a fresh interpreter after importing the five stage flows (and Ray for Ray runs): what a
+    worker holds before any task, subtracted from its peak to give its working memory."""
+    mods = [f"flows.{name}" for name in STAGES] + (["ray"] if kind == "ray" else [])
+    code = (f"import {', '.join(mods)}, os; "
+            "print(int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 1e6)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def proc_table() -> dict[int, tuple[int, float, float, str]]:
@@ -125,10 +158,19 @@ def run(params: dict, out: Path) -> dict:
     kind = params["runner"]["kind"]
     sampler = Sampler()
     sampler.start()
+    network = off_machine_connects() if kind in ("ray", "dask") else None
+    baseline = import_rss_mb(kind)
+    ray_bound = None
     if kind == "ray":  # one local Ray for every stage (inside the caller's loopback-only namespace)
         import ray
 
-        ray.init(**task_runner(params).init_kwargs)
+        init_kwargs = task_runner(params).init_kwargs
+        ray.init(**init_kwargs)
+        ray_bound = {"node_addresses": sorted({n["NodeManagerAddress"] for n in ray.nodes()}),
+                     "include_dashboard": init_kwargs.get("include_dashboard"),
+                     "RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED")}
+        if ray_bound["node_addresses"] != ["127.0.0.1"]:
+            raise SystemExit(f"Ray is not bound to loopback only: {ray_bound}")
     inputs = {"ingest": None, "evalset": root / "ingest" / "corpus", "clean": root / "ingest" / "corpus",
               "dedup": root / "clean" / "corpus", "filter": root / "dedup" / "corpus"}
     stages = []
@@ -144,32 +186,36 @@ def run(params: dict, out: Path) -> dict:
         sampler.sample()
         after = sampler.snapshot()
         task_cpu = orch_cpu = 0.0
-        workers = []
+        workers, detail = [], []
         for pid, p in after.items():
             delta = p["cpu"] - before.get(pid, {}).get("cpu", 0.0)
             if is_orchestration(p["cmd"]):
                 orch_cpu += delta
-            elif Path(f"/proc/{pid}").exists():
+                continue
+            if Path(f"/proc/{pid}").exists():
                 task_cpu += delta  # alive: not in RUSAGE_CHILDREN
-                if p["peak_mb"] > 0:
-                    workers.append(round(p["peak_mb"], 1))
-            elif p["peak_mb"] > 0:
+            if p["peak_mb"] > 0:
                 workers.append(round(p["peak_mb"], 1))
+                detail.append({"pid": pid, "peak_mb": round(p["peak_mb"], 1), "cpu_s": round(delta, 2),
+                               "cmd": p["cmd"][:120]})
         stage = {"stage": name, "wall_s": wall, "cpu_s": own + reaped + task_cpu, "driver_cpu_s": own,
                  "worker_cpu_s": reaped + task_cpu, "orchestration_cpu_s": orch_cpu,
                  "driver_work_mb": max(0.0, sampler.driver_peak - driver_rss0), "driver_rss_mb": sampler.driver_peak,
                  "worker_peak_rss_mb": sorted(workers, reverse=True)[:8],
+                 "processes": sorted(detail, key=lambda d: -d["peak_mb"])[:8],
                  "rows_in": metrics.get("rows_in"), "rows_kept": metrics.get("rows_kept"),
                  "rejected_by_reason": metrics.get("rejected_by_reason"), "docs_in": docs_in, "bytes_in": bytes_in}
         stages.append(stage)
-        out.write_text(json.dumps({"runner": params["runner"], "stages": stages, "partial": True}, indent=1))
+        out.write_text(json.dumps({"runner": params["runner"], "stages": stages, "import_rss_mb": baseline,
+                                   "network_check": network, "ray": ray_bound, "partial": True}, indent=1))
         print(f"  {name:8s} wall {wall:7.1f} s  cpu {stage['cpu_s']:7.1f} s  (orchestration {orch_cpu:5.1f})  "
               f"driver work {stage['driver_work_mb']:6.0f} MB  workers {stage['worker_peak_rss_mb'][:3]}  "
               f"kept {stage['rows_kept']} of {stage['rows_in']}", flush=True)
     sampler.stop.set()
     if kind == "ray":
         ray.shutdown()
-    result = {"runner": params["runner"], "stages": stages}
+    result = {"runner": params["runner"], "stages": stages, "import_rss_mb": baseline, "network_check": network,
+              "ray": ray_bound}
     out.write_text(json.dumps(result, indent=1))
     return result
 
