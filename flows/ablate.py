@@ -157,12 +157,31 @@ def queue_status(env: dict) -> dict[str, str]:
     return status
 
 
+def lock_outputs_cached(lock_path: Path, cache_dir: Path) -> list[str]:
+    """The outputs the base commit's dvc.lock names that the local DVC cache lacks ([] = all there, or
+    no lock). Unforced experiments need them: DVC loads a skipped stage's outputs from the cache, and a
+    missing one fails the run ("failed to load directory"), as in a clone that never ran the pipeline."""
+    import yaml
+
+    if not lock_path.exists():
+        return []
+    missing = []
+    for name, stage in ((yaml.safe_load(lock_path.read_text()) or {}).get("stages") or {}).items():
+        for out in stage.get("outs") or []:
+            md5 = out.get("md5")
+            if md5 and not (cache_dir / "files" / "md5" / md5[:2] / md5[2:]).exists():
+                missing.append(f"{name}: {out.get('path')}")
+    return missing
+
+
 @task(name="queue-experiment", cache_policy=NO_CACHE)
-def queue_run(run: Run, target: str, env: dict) -> None:
-    """Queue one experiment. Never `--force`: that reruns every stage and bypasses DVC's run-cache, so
-    each run would recompute fetch, ingest, plant, … (measured: ~7 of ~12 min per run under load);
-    unforced, a stage whose command, deps and params an earlier run had is restored from the cache."""
-    sh(dvc_exe(), "exp", "run", "--queue", "-n", run.exp_name, *set_args(run.overrides), target, env=env)
+def queue_run(run: Run, target: str, env: dict, force: bool = False) -> None:
+    """Queue one experiment, without `--force` unless asked: forced, DVC reruns every stage and skips
+    its run-cache, so each run recomputes fetch, ingest, plant, … (measured: 7 of 15 min per pair of
+    runs under load); unforced, a stage an earlier run ran with the same command, deps and params is
+    restored from the cache."""
+    sh(dvc_exe(), "exp", "run", "--queue", *(["--force"] if force else []), "-n", run.exp_name,
+       *set_args(run.overrides), target, env=env)
 
 
 @task(name="run-queue", cache_policy=NO_CACHE)
@@ -286,8 +305,15 @@ def ablate(spec_path: str = "ablations.yaml", seeds: int | None = None, jobs: in
           f"{spec.compute.training_tokens:,} training tokens each"
           + (f"; {shared} done as another variant's experiment (same content key: same params and code)"
              if shared else ""))
+    missing = []
+    if pending:
+        cache_dir = sh(dvc_exe(), "cache", "dir", env=env).stdout.strip()
+        missing = lock_outputs_cached(Path("dvc.lock"), Path(cache_dir))
+    if missing:
+        print(f"ablate: the DVC cache lacks {len(missing)} output(s) dvc.lock names (e.g. {missing[0]}): "
+              "runs are queued with --force, so every stage reruns (`lmforge run` first fills the cache)")
     for r in pending:
-        queue_run.with_options(task_run_name=f"queue-{r.exp_name}")(r, spec.target, env)
+        queue_run.with_options(task_run_name=f"queue-{r.exp_name}")(r, spec.target, env, bool(missing))
     if pending:
         run_queue([r.exp_name for r in pending], jobs, env)
         existing = run_experiments(runs, experiment_refs(env))

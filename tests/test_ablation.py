@@ -308,3 +308,20 @@ def test_two_variant_grid_end_to_end(tmp_path, prefect_server, raw_sample):
     both = (repo / "reports/tiny-leave-one-out/report.md").read_text()
     assert "## Both orders" in both and "| `exact` |" in both and "Not finished" not in both
     assert (repo / "reports/tiny-leave-one-out/orders.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_queueing_forces_only_when_the_cache_lacks_the_lock_outputs(tmp_path):
+    from flows.ablate import lock_outputs_cached
+
+    cache = tmp_path / "cache"
+    assert lock_outputs_cached(tmp_path / "dvc.lock", cache) == []  # no lock yet: nothing to miss
+    lock = {"schema": "2.0", "stages": {
+        "plant": {"cmd": "x", "outs": [{"path": "data/plant", "hash": "md5", "md5": "4428a6754a775849bd970d0c12f53818.dir"}]},
+        "fetch": {"cmd": "y", "outs": [{"path": "metrics/fetch.json", "hash": "md5", "md5": "ab" + "0" * 30}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    (cache / "files" / "md5" / "ab").mkdir(parents=True)
+    (cache / "files" / "md5" / "ab" / ("0" * 30)).write_text("{}")
+    assert lock_outputs_cached(tmp_path / "dvc.lock", cache) == ["plant: data/plant"]
+    (cache / "files" / "md5" / "44").mkdir()
+    (cache / "files" / "md5" / "44" / "28a6754a775849bd970d0c12f53818.dir").write_text("[]")
+    assert lock_outputs_cached(tmp_path / "dvc.lock", cache) == []
