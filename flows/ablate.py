@@ -157,16 +157,44 @@ def queue_status(env: dict) -> dict[str, str]:
     return status
 
 
-def lock_outputs_cached(lock_path: Path, cache_dir: Path) -> list[str]:
-    """The outputs the base commit's dvc.lock names that the local DVC cache lacks ([] = all there, or
-    no lock). Unforced experiments need them: DVC loads a skipped stage's outputs from the cache, and a
-    missing one fails the run ("failed to load directory"), as in a clone that never ran the pipeline."""
+def upstream_stages(stages: dict, target: str | None) -> set[str]:
+    """`target` and every locked stage it depends on, through dvc.lock's deps and outs paths (a dep
+    inside an out folder, or an out inside a dep folder, links them); all stages when the target is not
+    in the lock."""
+    if not target or target not in stages:
+        return set(stages)
+    outs = {name: [o["path"] for o in st.get("outs") or []] for name, st in stages.items()}
+
+    def produces(path: str, out: str) -> bool:
+        return path == out or path.startswith(out + "/") or out.startswith(path + "/")
+
+    seen, todo = set(), [target]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for dep in stages[name].get("deps") or []:
+            todo += [m for m, paths in outs.items() if m not in seen and any(produces(dep["path"], o) for o in paths)]
+    return seen
+
+
+def lock_outputs_cached(lock_path: Path, cache_dir: Path, target: str | None = None) -> list[str]:
+    """The outputs of `target` and its upstream stages (all stages without a target) that the base
+    commit's dvc.lock names and the local DVC cache lacks ([] = all there, or no lock). Unforced
+    experiments need them: DVC loads a skipped stage's outputs from the cache, and a missing one fails
+    the run ("failed to load directory"), as in a clone that never ran the pipeline. Stages the target
+    does not need (e.g. `dedup@instructions` for `pretrain`) are not counted."""
     import yaml
 
     if not lock_path.exists():
         return []
     missing = []
-    for name, stage in ((yaml.safe_load(lock_path.read_text()) or {}).get("stages") or {}).items():
+    stages = (yaml.safe_load(lock_path.read_text()) or {}).get("stages") or {}
+    needed = upstream_stages(stages, target)
+    for name, stage in stages.items():
+        if name not in needed:
+            continue
         for out in stage.get("outs") or []:
             md5 = out.get("md5")
             if md5 and not (cache_dir / "files" / "md5" / md5[:2] / md5[2:]).exists():
@@ -308,7 +336,7 @@ def ablate(spec_path: str = "ablations.yaml", seeds: int | None = None, jobs: in
     missing = []
     if pending:
         cache_dir = sh(dvc_exe(), "cache", "dir", env=env).stdout.strip()
-        missing = lock_outputs_cached(Path("dvc.lock"), Path(cache_dir))
+        missing = lock_outputs_cached(Path("dvc.lock"), Path(cache_dir), spec.target)
     if missing:
         print(f"ablate: the DVC cache lacks {len(missing)} output(s) dvc.lock names (e.g. {missing[0]}): "
               "runs are queued with --force, so every stage reruns (`lmforge run` first fills the cache)")
